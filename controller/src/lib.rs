@@ -1,0 +1,6 @@
+//! # controller — kernel isolation, Docker networks and the operator CLI
+//!
+//! Subcommands of `egressctl` live in [`cli`], one module each.
+#![forbid(unsafe_code)]
+
+pub mod cli;

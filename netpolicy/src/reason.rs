@@ -1,0 +1,234 @@
+//! The one reason enum. Its snake_case name is, byte for byte, the
+//! `X-Egress-Error` header value, the audit log's `reason` field and the
+//! `reason` label of `egress_requests_total`. Names are stable: add, never
+//! rename.
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Reason {
+    // ----- allow -----
+    /// GET/HEAD to a public destination.
+    ReadPublic,
+    /// A write from the worker to a host of one of the org's integrations.
+    IntegrationWrite,
+    /// A CONNECT tunnel to a package repository on an allowed port.
+    PackageRepo,
+
+    // ----- deny: the target itself -----
+    /// The request target could not be parsed as an absolute http(s) URL or a
+    /// CONNECT `host:port`.
+    InvalidTarget,
+    /// A scheme other than http or https.
+    UnsupportedScheme,
+    /// The URL carries `user:password@`; credentials go through the broker.
+    UserinfoInUrl,
+    /// The host is not a valid DNS name after UTS #46 processing.
+    InvalidHost,
+    /// A special-use name (`localhost`, `.local`, `.internal`, ...).
+    SpecialUseName,
+    /// An internationalized name that looks like another (mixed scripts,
+    /// whole-script confusable, invisible characters).
+    IdnSpoof,
+    /// An address (literal or resolved) that is not globally reachable.
+    BlockedAddress,
+    /// The name did not resolve to any address.
+    Unresolvable,
+
+    // ----- deny: policy -----
+    /// A method that no source may use (OPTIONS, TRACE, unknown, ...).
+    MethodNotAllowed,
+    /// A write (POST/PUT/PATCH/DELETE) from an exec container.
+    WriteFromContainer,
+    /// A write to a host that is not one of the org's integrations.
+    WriteNotIntegration,
+    /// A write over plain http.
+    WriteRequiresHttps,
+    /// CONNECT to a host that is not a package repository.
+    ConnectNotPackageRepo,
+    /// CONNECT to a package repository on a port it is not allowed.
+    ConnectPortNotAllowed,
+    /// The org named in the request is not in the policy.
+    UnknownOrg,
+    /// The client's source address belongs to no org.
+    UnknownClient,
+
+    // ----- deny: protocol (proxy) -----
+    /// A malformed request (framing, header bytes, size).
+    MalformedRequest,
+    /// The Host header does not name the request target.
+    HostMismatch,
+    /// A protocol upgrade (WebSocket, h2c, ...).
+    UpgradeDenied,
+    /// An origin-form request sent to the proxy port.
+    NotAProxyRequest,
+
+    // ----- deny: upstream -----
+    /// Every validated address refused or failed the connection.
+    UpstreamConnectFailed,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The proxy is at its connection limit.
+    Overloaded,
+    /// A redirect was not followed (worker writes).
+    RedirectNotFollowed,
+    /// An internal error in a check: fail closed.
+    InternalError,
+}
+
+impl Reason {
+    /// Every reason, in declaration order (for docs, metrics pre-registration and tests).
+    pub const ALL: &'static [Reason] = &[
+        Reason::ReadPublic,
+        Reason::IntegrationWrite,
+        Reason::PackageRepo,
+        Reason::InvalidTarget,
+        Reason::UnsupportedScheme,
+        Reason::UserinfoInUrl,
+        Reason::InvalidHost,
+        Reason::SpecialUseName,
+        Reason::IdnSpoof,
+        Reason::BlockedAddress,
+        Reason::Unresolvable,
+        Reason::MethodNotAllowed,
+        Reason::WriteFromContainer,
+        Reason::WriteNotIntegration,
+        Reason::WriteRequiresHttps,
+        Reason::ConnectNotPackageRepo,
+        Reason::ConnectPortNotAllowed,
+        Reason::UnknownOrg,
+        Reason::UnknownClient,
+        Reason::MalformedRequest,
+        Reason::HostMismatch,
+        Reason::UpgradeDenied,
+        Reason::NotAProxyRequest,
+        Reason::UpstreamConnectFailed,
+        Reason::UpstreamTimeout,
+        Reason::Overloaded,
+        Reason::RedirectNotFollowed,
+        Reason::InternalError,
+    ];
+
+    /// The stable snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::ReadPublic => "read_public",
+            Reason::IntegrationWrite => "integration_write",
+            Reason::PackageRepo => "package_repo",
+            Reason::InvalidTarget => "invalid_target",
+            Reason::UnsupportedScheme => "unsupported_scheme",
+            Reason::UserinfoInUrl => "userinfo_in_url",
+            Reason::InvalidHost => "invalid_host",
+            Reason::SpecialUseName => "special_use_name",
+            Reason::IdnSpoof => "idn_spoof",
+            Reason::BlockedAddress => "blocked_address",
+            Reason::Unresolvable => "unresolvable",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::WriteFromContainer => "write_from_container",
+            Reason::WriteNotIntegration => "write_not_integration",
+            Reason::WriteRequiresHttps => "write_requires_https",
+            Reason::ConnectNotPackageRepo => "connect_not_package_repo",
+            Reason::ConnectPortNotAllowed => "connect_port_not_allowed",
+            Reason::UnknownOrg => "unknown_org",
+            Reason::UnknownClient => "unknown_client",
+            Reason::MalformedRequest => "malformed_request",
+            Reason::HostMismatch => "host_mismatch",
+            Reason::UpgradeDenied => "upgrade_denied",
+            Reason::NotAProxyRequest => "not_a_proxy_request",
+            Reason::UpstreamConnectFailed => "upstream_connect_failed",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::Overloaded => "overloaded",
+            Reason::RedirectNotFollowed => "redirect_not_followed",
+            Reason::InternalError => "internal_error",
+        }
+    }
+
+    /// Whether this reason is an allow.
+    pub const fn is_allow(self) -> bool {
+        matches!(
+            self,
+            Reason::ReadPublic | Reason::IntegrationWrite | Reason::PackageRepo
+        )
+    }
+
+    /// One sentence an agent can act on: what was denied, why, and what is
+    /// allowed instead. Used as the body of a denial response.
+    pub const fn explain(self) -> &'static str {
+        match self {
+            Reason::ReadPublic => "GET/HEAD to a public host is allowed",
+            Reason::IntegrationWrite => "writes to an approved integration host are allowed",
+            Reason::PackageRepo => "tunnels to package repositories are allowed",
+            Reason::InvalidTarget => {
+                "the request target is not an absolute http(s) URL or a CONNECT host:port; send `GET http://host/path` through the proxy"
+            }
+            Reason::UnsupportedScheme => "only http and https URLs are allowed",
+            Reason::UserinfoInUrl => {
+                "credentials in URLs are refused; use a credential handle through the worker instead"
+            }
+            Reason::InvalidHost => "the host name is not a valid DNS name",
+            Reason::SpecialUseName => {
+                "special-use names (localhost, .local, .internal, ...) never leave; use a public host"
+            }
+            Reason::IdnSpoof => {
+                "the internationalized host name mixes scripts or imitates another name; use the real ASCII name"
+            }
+            Reason::BlockedAddress => {
+                "the host is or resolves to a private, loopback, link-local or reserved address; only public addresses are reachable"
+            }
+            Reason::Unresolvable => "the host name did not resolve; check the spelling",
+            Reason::MethodNotAllowed => {
+                "only GET and HEAD (and writes to approved integrations from the worker) are allowed"
+            }
+            Reason::WriteFromContainer => {
+                "exec containers may only read (GET/HEAD); make writes through an approved integration tool"
+            }
+            Reason::WriteNotIntegration => {
+                "writes go only to hosts of the org's approved integrations; ask an operator to add the integration"
+            }
+            Reason::WriteRequiresHttps => "writes are allowed over https only",
+            Reason::ConnectNotPackageRepo => {
+                "tunnels (CONNECT/https) are allowed only to package repositories; use plain http:// for reads"
+            }
+            Reason::ConnectPortNotAllowed => {
+                "this package repository is reachable only on its allowed ports (443 by default)"
+            }
+            Reason::UnknownOrg => "the organization is not in the egress policy",
+            Reason::UnknownClient => {
+                "this client address belongs to no organization in the egress policy"
+            }
+            Reason::MalformedRequest => "the request is malformed",
+            Reason::HostMismatch => "the Host header must name the same host as the request target",
+            Reason::UpgradeDenied => "protocol upgrades (WebSocket, h2c) are not allowed",
+            Reason::NotAProxyRequest => {
+                "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT"
+            }
+            Reason::UpstreamConnectFailed => "no validated address of the host accepted a connection",
+            Reason::UpstreamTimeout => "the upstream did not answer in time",
+            Reason::Overloaded => "the proxy is at its connection limit; retry later",
+            Reason::RedirectNotFollowed => "redirects are not followed for writes",
+            Reason::InternalError => "an internal check failed, so the request was denied",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case_and_all_is_complete() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            let s = r.as_str();
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+            assert!(seen.insert(s), "duplicate {s}");
+        }
+        assert_eq!(seen.len(), Reason::ALL.len());
+    }
+}

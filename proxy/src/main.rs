@@ -1,0 +1,4 @@
+//! `egress-proxy`: SKELETON, filled in by the proxy work.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

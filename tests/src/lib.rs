@@ -1,0 +1,2 @@
+//! Shared harness for chokepoint's end-to-end tests (SKELETON).
+#![forbid(unsafe_code)]
