@@ -1,4 +1,73 @@
-//! `egress-proxy`: SKELETON, filled in by the proxy work.
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! `egress-proxy`: chokepoint's egress proxy appliance, the only path out of
+//! an exec container.
+//!
+//! It reads every request head itself (hygiene, 64 KiB bound), asks
+//! `netpolicy` for the decision, resolves once and validates every address
+//! (DNS pinning), then either forwards plain HTTP through Pingora to the exact
+//! validated address or splices a CONNECT tunnel to a package repository.
+//! Every request or tunnel is counted (Prometheus) and audited (one scrubbed
+//! JSON line). It must never decide policy itself (that is `netpolicy`'s),
+//! dial an address that was not validated, or resolve a name twice.
+//!
+//! Modules: [`cli`] (flags, start, stop), [`server`] (accept loop, heads,
+//! dispatch), [`head`] (reader + hygiene), [`connect`] (tunnels), [`forward`]
+//! (Pingora `ProxyHttp`), [`resolve`] (DNS pinning), [`deny`] (the one place
+//! that renders denials), [`metrics`], [`audit`] (+ scrubbing), [`admin`],
+//! [`reload`], [`state`].
+
+mod admin;
+mod audit;
+mod cli;
+mod connect;
+mod deny;
+mod forward;
+mod head;
+mod metrics;
+mod reload;
+mod resolve;
+mod server;
+mod state;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// EX_USAGE: bad flags or configuration.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = match cli::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            let _ = writeln!(std::io::stderr(), "egress-proxy: {line}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
+        )
+        .init();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(cli::StartError::Config(line)) => {
+            let _ = writeln!(std::io::stderr(), "egress-proxy: {line}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "egress-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

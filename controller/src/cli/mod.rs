@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod scrub;
+
 /// chokepoint's operator CLI.
 #[derive(Debug, Parser)]
 #[command(name = "egressctl", version, about)]
@@ -15,11 +17,16 @@ pub struct Cli {
 
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Remove secrets from stdin and write the result to stdout.
+    Scrub(scrub::Args),
+}
 
 impl Cli {
     /// Run the chosen subcommand and return the process exit code.
     pub fn run(self) -> ExitCode {
-        match self.command {}
+        match self.command {
+            Command::Scrub(args) => scrub::run(&args),
+        }
     }
 }

@@ -1,0 +1,106 @@
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /readyz`,
+//! `POST /reload`. One request per connection.
+//!
+//! Owns: routing those four endpoints. Must never: be exposed on the proxy
+//! port, or answer anything but these endpoints (everything else is 404).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::state::SharedRef;
+
+/// Serve the admin endpoints until shutdown.
+pub(crate) async fn serve(
+    shared: SharedRef,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), handle(shared, tcp)).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn handle(shared: SharedRef, mut tcp: TcpStream) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = match crate::head::read_head(&mut tcp, &mut buf).await {
+        Ok(h) => h,
+        Err(_) => {
+            let _ = respond(&mut tcp, 400, "text/plain", b"bad request\n").await;
+            return;
+        }
+    };
+    let path = head.target.split('?').next().unwrap_or_default();
+    let (status, ctype, body): (u16, &str, Vec<u8>) = match (head.method_raw.as_str(), path) {
+        ("GET", "/metrics") => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        ("GET", "/healthz") => (200, "text/plain", b"ok\n".to_vec()),
+        ("GET", "/readyz") => {
+            if shared.ready.load(Ordering::SeqCst) {
+                (200, "text/plain", b"ready\n".to_vec())
+            } else {
+                (503, "text/plain", b"not ready\n".to_vec())
+            }
+        }
+        ("POST", "/reload") => match crate::reload::reload(&shared).await {
+            Ok(generation) => (
+                200,
+                "text/plain",
+                format!("reloaded: generation {generation}\n").into_bytes(),
+            ),
+            Err(line) => (422, "text/plain", format!("{line}\n").into_bytes()),
+        },
+        (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+            (405, "text/plain", b"method not allowed\n".to_vec())
+        }
+        _ => (404, "text/plain", b"not found\n".to_vec()),
+    };
+    let _ = respond(&mut tcp, status, ctype, &body).await;
+}
+
+async fn respond(
+    tcp: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let phrase = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        422 => "Unprocessable Entity",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(body).await?;
+    tcp.shutdown().await
+}

@@ -1,0 +1,207 @@
+//! CONNECT tunnels (Pingora 0.9 has none): dial a validated address, answer
+//! 200, flush, then splice bytes both ways under the idle timeout, the
+//! maximum lifetime and the shutdown watch.
+//!
+//! Owns: the dial loop over validated addresses (never a new lookup), the
+//! splice, `egress_tunnels_active`, `egress_tunnel_bytes_total` and the one
+//! audit line per tunnel at close. Must never: look inside the tunnel, or
+//! dial anything but the addresses it was handed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use netpolicy::{Destination, Method, Reason, Verdict};
+use pingora::protocols::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::audit::Record;
+use crate::server::Ctx;
+use crate::state::SharedRef;
+
+/// Initial splice buffer per direction (small: idle tunnels stay cheap).
+const BUF_MIN: usize = 8 * 1024;
+/// Largest splice buffer per direction (reached by doubling on full reads).
+const BUF_MAX: usize = 64 * 1024;
+
+/// Dial `addrs` in order with the connect timeout; the first that connects.
+/// `Err` is `upstream_timeout` when every failure was a timeout, else
+/// `upstream_connect_failed`.
+pub(crate) async fn dial(
+    shared: &SharedRef,
+    addrs: &[SocketAddr],
+) -> Result<(TcpStream, SocketAddr), Reason> {
+    let mut reason = Reason::UpstreamConnectFailed;
+    let mut all_timeouts = true;
+    for &addr in addrs {
+        let started = Instant::now();
+        match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                shared
+                    .metrics
+                    .upstream_connect
+                    .observe(started.elapsed().as_secs_f64());
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr));
+            }
+            Ok(Err(e)) => {
+                all_timeouts = false;
+                tracing::debug!(%addr, error = %e, "upstream connect failed");
+            }
+            Err(_) => tracing::debug!(%addr, "upstream connect timed out"),
+        }
+    }
+    if all_timeouts && !addrs.is_empty() {
+        reason = Reason::UpstreamTimeout;
+    }
+    Err(reason)
+}
+
+/// Run one allowed tunnel to completion and audit it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn tunnel(
+    shared: &SharedRef,
+    mut client: Stream,
+    early: BytesMut,
+    org: String,
+    client_addr: SocketAddr,
+    dest: Destination,
+    addrs: Vec<SocketAddr>,
+    started: Instant,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (upstream, dialed) = match dial(shared, &addrs).await {
+        Ok(x) => x,
+        Err(r) => {
+            let ctx = Ctx {
+                client: client_addr,
+                org: Some(org),
+                method: Method::Connect,
+                started,
+            };
+            crate::server::deny(shared, &mut client, &ctx, r, Some(&dest)).await;
+            return;
+        }
+    };
+    let established = client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .and(client.flush().await);
+    let mut record = Record {
+        org: Some(org),
+        client: client_addr,
+        method: Method::Connect,
+        scheme: Some("https"),
+        host: Some(dest.host.to_text()),
+        port: Some(dest.port),
+        dialed: Some(dialed),
+        verdict: Verdict::Allow,
+        reason: Reason::PackageRepo,
+        status: 200,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration: Duration::ZERO,
+    };
+    shared
+        .metrics
+        .request(Verdict::Allow, Reason::PackageRepo, Method::Connect);
+    if established.is_ok() {
+        shared.metrics.tunnels_active.inc();
+        let (up, down) = splice(shared, client, upstream, early, shutdown).await;
+        shared.metrics.tunnels_active.dec();
+        shared.metrics.tunnel_bytes_up.inc_by(up);
+        shared.metrics.tunnel_bytes_down.inc_by(down);
+        record.bytes_up = up;
+        record.bytes_down = down;
+    }
+    record.duration = started.elapsed();
+    shared.audit.write(&record);
+}
+
+/// Copy both ways until both sides finish, the tunnel idles out, reaches its
+/// maximum lifetime, or the proxy shuts down. Returns (up, down) byte counts.
+async fn splice(
+    shared: &SharedRef,
+    client: Stream,
+    upstream: TcpStream,
+    early: BytesMut,
+    mut shutdown: watch::Receiver<bool>,
+) -> (u64, u64) {
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let (cr, mut cw) = tokio::io::split(client);
+    let (ur, mut uw) = upstream.into_split();
+
+    let early_ok = if early.is_empty() {
+        true
+    } else {
+        up.fetch_add(early.len() as u64, Ordering::Relaxed);
+        uw.write_all(&early).await.is_ok()
+    };
+    if early_ok {
+        let up_dir = pump(cr, &mut uw, &up, &last, epoch);
+        let down_dir = pump(ur, &mut cw, &down, &last, epoch);
+        let both = async { tokio::join!(up_dir, down_dir) };
+        let idle = shared.limits.tunnel_idle;
+        let watchdog = async {
+            let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            loop {
+                tokio::time::sleep(tick).await;
+                let last_ms = last.load(Ordering::Relaxed);
+                let now_ms = millis(epoch);
+                if now_ms.saturating_sub(last_ms) >= idle.as_millis() as u64 {
+                    return "idle timeout";
+                }
+            }
+        };
+        tokio::select! {
+            _ = both => {}
+            why = watchdog => tracing::debug!(why, "tunnel closed"),
+            _ = tokio::time::sleep(shared.limits.tunnel_max_lifetime) => {
+                tracing::debug!("tunnel reached its maximum lifetime");
+            }
+            _ = shutdown.changed() => tracing::debug!("tunnel closed for shutdown"),
+        }
+    }
+    let _ = cw.shutdown().await;
+    let _ = uw.shutdown().await;
+    (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+}
+
+/// Copy `from` → `to` until EOF or error, counting bytes and activity; then
+/// half-close `to`.
+async fn pump<R, W>(mut from: R, to: &mut W, count: &AtomicU64, last: &AtomicU64, epoch: Instant)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_MIN];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let grow = n == buf.len() && buf.len() < BUF_MAX;
+        let Some(chunk) = buf.get(..n) else { break };
+        if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
+            break;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(millis(epoch), Ordering::Relaxed);
+        if grow {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Milliseconds since `epoch`.
+fn millis(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,365 @@
+//! The client side: accept loop, per-connection head loop, and dispatch.
+//!
+//! Owns: the connection limit, reading every request head (through
+//! [`crate::head`]), the checks that need the head (origin-form, upgrade,
+//! Host), the policy decision and DNS pinning for both CONNECT and forwarded
+//! requests, and handing a decided [`Plan`] to Pingora with the bytes already
+//! read. Must never: let a request reach Pingora or a tunnel without a
+//! decision, or write a denial anywhere but through [`crate::deny`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use netpolicy::{Destination, Method, Reason, Verdict};
+use pingora::apps::HttpServerApp;
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::audit::Record;
+use crate::forward::Forward;
+use crate::head::{self, HeadError};
+use crate::state::{Plan, SharedRef};
+
+/// Time allowed for the first request head of a connection.
+const FIRST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive idle time between requests.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Pingora forwarder.
+pub(crate) type Proxy = HttpProxy<Forward>;
+
+/// Accept connections until shutdown; each runs in its own task. Returns
+/// once the listener is closed; the caller waits for the connections.
+pub(crate) async fn accept_loop(
+    shared: SharedRef,
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    conns: Arc<Semaphore>,
+    tracker: tokio::task::JoinSet<()>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tracker;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        let (tcp, client) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        match conns.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let proxy = proxy.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    handle_conn(shared, proxy, tcp, client, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tasks.spawn(async move {
+                    let mut stream: Stream = Box::new(L4Stream::from(tcp));
+                    let ctx = Ctx::new(client, None, Method::Other, Instant::now());
+                    deny(&shared, &mut stream, &ctx, Reason::Overloaded, None).await;
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// What is known about the current request, for its denial and audit line.
+pub(crate) struct Ctx {
+    pub(crate) client: SocketAddr,
+    pub(crate) org: Option<String>,
+    pub(crate) method: Method,
+    pub(crate) started: Instant,
+}
+
+impl Ctx {
+    fn new(client: SocketAddr, org: Option<String>, method: Method, started: Instant) -> Ctx {
+        Ctx {
+            client,
+            org,
+            method,
+            started,
+        }
+    }
+}
+
+/// Serve one client connection: a loop of request heads.
+async fn handle_conn(
+    shared: SharedRef,
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Stream = Box::new(L4Stream::from(tcp));
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let limit = if first {
+            FIRST_HEAD_TIMEOUT
+        } else {
+            KEEPALIVE_TIMEOUT
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout(limit, head::read_head(&mut stream, &mut buf)) => r,
+            _ = shutdown.changed() => return,
+        };
+        let started = Instant::now();
+        let head = match read {
+            Err(_) | Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%client, error = %e, "refused request head");
+                let ctx = Ctx::new(client, None, Method::Other, started);
+                deny(&shared, &mut stream, &ctx, Reason::MalformedRequest, None).await;
+                return;
+            }
+            Ok(Ok(h)) => h,
+        };
+        let policy = shared.policy.load_full();
+        let org = policy
+            .org_for_client(client.ip())
+            .map(|o| o.as_str().to_owned());
+        let mut ctx = Ctx::new(client, org, head.method, started);
+
+        if head.method == Method::Connect {
+            let dest = match Destination::parse_authority(&head.target) {
+                Ok(d) => d,
+                Err(e) => return deny(&shared, &mut stream, &ctx, e.reason(), None).await,
+            };
+            let addrs = match check(&shared, &policy, &ctx, &dest).await {
+                Ok(a) => a,
+                Err(r) => return deny(&shared, &mut stream, &ctx, r, Some(&dest)).await,
+            };
+            let early = buf.split_off(head.len);
+            let org = ctx.org.take().unwrap_or_default();
+            crate::connect::tunnel(
+                &shared, stream, early, org, client, dest, addrs, started, shutdown,
+            )
+            .await;
+            return;
+        }
+
+        if head.target.starts_with('/') || head.target == "*" {
+            return deny(&shared, &mut stream, &ctx, Reason::NotAProxyRequest, None).await;
+        }
+        let parsed = match Destination::parse_url(&head.target) {
+            Ok(p) => p,
+            Err(e) => return deny(&shared, &mut stream, &ctx, e.reason(), None).await,
+        };
+        let dest = parsed.dest;
+        if head.upgrade {
+            return deny(
+                &shared,
+                &mut stream,
+                &ctx,
+                Reason::UpgradeDenied,
+                Some(&dest),
+            )
+            .await;
+        }
+        if let Some(h) = &head.host {
+            if !host_matches(h, &dest) {
+                return deny(
+                    &shared,
+                    &mut stream,
+                    &ctx,
+                    Reason::HostMismatch,
+                    Some(&dest),
+                )
+                .await;
+            }
+        }
+        let addrs = match check(&shared, &policy, &ctx, &dest).await {
+            Ok(a) => a,
+            Err(r) => return deny(&shared, &mut stream, &ctx, r, Some(&dest)).await,
+        };
+        let plan = Plan {
+            org: ctx.org.take().unwrap_or_default(),
+            client,
+            method: head.method,
+            host_header: host_header(&dest),
+            dest,
+            origin_form: parsed.origin_form,
+            addrs,
+            reason: Reason::ReadPublic,
+            started,
+        };
+        let mut session = ServerSession::new_http1(stream);
+        session.set_pipelining_enabled(false);
+        session.set_pipelined_prefix(std::mem::take(&mut buf));
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE_TIMEOUT.as_secs())
+        });
+        session.set_connection_user_context(Some(Box::new(plan)));
+        match proxy.process_new_http(session, &shutdown).await {
+            Some(reused) => {
+                let (s, _settings) = reused.consume();
+                stream = s;
+                first = false;
+            }
+            None => return,
+        }
+    }
+}
+
+/// The policy decision, then DNS pinning. `Err` is the denial reason; `Ok`
+/// the validated addresses. The allow reason is recorded by the caller.
+async fn check(
+    shared: &SharedRef,
+    policy: &netpolicy::Policy,
+    ctx: &Ctx,
+    dest: &Destination,
+) -> Result<Vec<SocketAddr>, Reason> {
+    let Some(org) = ctx.org.as_deref() else {
+        return Err(Reason::UnknownClient);
+    };
+    let decision = netpolicy::decide(
+        policy,
+        &netpolicy::Request {
+            source: netpolicy::Source::Container,
+            org,
+            method: ctx.method,
+            dest,
+        },
+    );
+    if !decision.is_allow() {
+        return Err(decision.reason);
+    }
+    shared.resolver.addrs(&shared.metrics, policy, dest).await
+}
+
+/// Whether a Host header value names `dest` (same normalized host; same
+/// port, the scheme's default when the header has none).
+pub(crate) fn host_matches(value: &str, dest: &Destination) -> bool {
+    let parsed = Destination::parse_authority(value).or_else(|_| {
+        Destination::parse_authority(&format!("{value}:{}", dest.scheme_default_port()))
+    });
+    match parsed {
+        Ok(h) => h.host == dest.host && h.port == dest.port,
+        Err(_) => false,
+    }
+}
+
+/// The Host header sent upstream: the host, with the port unless default.
+pub(crate) fn host_header(dest: &Destination) -> String {
+    if dest.port == dest.scheme_default_port() {
+        dest.host.to_string()
+    } else {
+        dest.authority()
+    }
+}
+
+/// Default ports.
+trait DefaultPort {
+    fn scheme_default_port(&self) -> u16;
+}
+
+impl DefaultPort for Destination {
+    fn scheme_default_port(&self) -> u16 {
+        match self.scheme {
+            netpolicy::Scheme::Https => 443,
+            _ => 80,
+        }
+    }
+}
+
+/// Deny: write the rendered response, count it, audit it, close.
+pub(crate) async fn deny(
+    shared: &SharedRef,
+    stream: &mut Stream,
+    ctx: &Ctx,
+    reason: Reason,
+    dest: Option<&Destination>,
+) {
+    let authority = dest.map(Destination::authority);
+    let d = crate::deny::deny(reason, ctx.method, authority.as_deref());
+    let _ = stream.write_all(&d.to_bytes()).await;
+    let _ = stream.flush().await;
+    shared.metrics.request(Verdict::Deny, reason, ctx.method);
+    shared.audit.write(&Record {
+        org: ctx.org.clone(),
+        client: ctx.client,
+        method: ctx.method,
+        scheme: dest.map(|d| {
+            if ctx.method == Method::Connect {
+                "https"
+            } else {
+                d.scheme.as_str()
+            }
+        }),
+        host: dest.map(|d| d.host.to_text()),
+        port: dest.map(|d| d.port),
+        dialed: None,
+        verdict: Verdict::Deny,
+        reason,
+        status: d.status,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration: ctx.started.elapsed(),
+    });
+    linger_close(stream).await;
+}
+
+/// Half-close, then read and drop what the client still sends (bounded in
+/// bytes and time) so the kernel does not reset the connection before the
+/// client has read the response.
+async fn linger_close(stream: &mut Stream) {
+    let _ = stream.shutdown().await;
+    let mut scratch = [0u8; 8192];
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while total < 1 << 20 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ports() {
+        let d = Destination {
+            scheme: netpolicy::Scheme::Http,
+            host: netpolicy::Host::Name("example.com".into()),
+            port: 80,
+        };
+        assert_eq!(host_header(&d), "example.com");
+        let d = Destination { port: 8080, ..d };
+        assert_eq!(host_header(&d), "example.com:8080");
+        let d = Destination {
+            scheme: netpolicy::Scheme::Http,
+            host: netpolicy::Host::Ip("::1".parse().unwrap()),
+            port: 81,
+        };
+        assert_eq!(host_header(&d), "[::1]:81");
+    }
+}
