@@ -135,12 +135,18 @@ pub struct Decision {
 impl Decision {
     /// A denial with this reason.
     pub const fn deny(reason: Reason) -> Decision {
-        Decision { verdict: Verdict::Deny, reason }
+        Decision {
+            verdict: Verdict::Deny,
+            reason,
+        }
     }
 
     /// An allow with this reason.
     pub const fn allow(reason: Reason) -> Decision {
-        Decision { verdict: Verdict::Allow, reason }
+        Decision {
+            verdict: Verdict::Allow,
+            reason,
+        }
     }
 
     /// Whether the verdict is allow.

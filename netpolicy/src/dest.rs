@@ -197,7 +197,9 @@ fn check_name(name: &str) -> Result<String, DestError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(DestError::InvalidHost("character not allowed in a DNS name"));
+            return Err(DestError::InvalidHost(
+                "character not allowed in a DNS name",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(DestError::InvalidHost("label starts or ends with '-'"));
@@ -241,7 +243,9 @@ fn reject_non_authority(input: &str) -> Result<(), DestError> {
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '?' | '#' | '%'))
     {
-        return Err(DestError::Invalid("authority holds a path, query or invalid character"));
+        return Err(DestError::Invalid(
+            "authority holds a path, query or invalid character",
+        ));
     }
     Ok(())
 }
@@ -255,7 +259,10 @@ impl Destination {
             "https" => Scheme::Https,
             _ => return Err(DestError::UnsupportedScheme),
         };
-        if !url.username().is_empty() || url.password().is_some() || raw_authority(input).contains('@') {
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || raw_authority(input).contains('@')
+        {
             return Err(DestError::Userinfo);
         }
         let host = host_of(&url)?;
@@ -290,7 +297,10 @@ impl Destination {
         if host_part.contains(':') && !(host_part.starts_with('[') && host_part.ends_with(']')) {
             return Err(DestError::Invalid("IPv6 host must be in brackets"));
         }
-        if port_part.is_empty() || !port_part.bytes().all(|b| b.is_ascii_digit()) || port_part.len() > 5 {
+        if port_part.is_empty()
+            || !port_part.bytes().all(|b| b.is_ascii_digit())
+            || port_part.len() > 5
+        {
             return Err(DestError::Invalid("port must be a number"));
         }
         let port: u16 = port_part
@@ -316,7 +326,9 @@ impl Destination {
             return Ok(Host::Ip(ip));
         }
         if input.contains(':') && !(input.starts_with('[') && input.ends_with(']')) {
-            return Err(DestError::InvalidHost("a port or unbracketed IPv6 in a host"));
+            return Err(DestError::InvalidHost(
+                "a port or unbracketed IPv6 in a host",
+            ));
         }
         let url = url::Url::parse(&format!("http://{input}/"))
             .map_err(|_| DestError::InvalidHost("not a valid host"))?;
@@ -414,8 +426,17 @@ mod tests {
         let d = Destination::parse_authority("2130706433:443").unwrap();
         assert_eq!(d.host, Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         for bad in [
-            "pypi.org", "pypi.org:", ":443", "pypi.org:0", "pypi.org:65536", "::1:443",
-            "a@pypi.org:443", "pypi.org:443/x", "pypi.org:+443", "pypi.org: 443", "",
+            "pypi.org",
+            "pypi.org:",
+            ":443",
+            "pypi.org:0",
+            "pypi.org:65536",
+            "::1:443",
+            "a@pypi.org:443",
+            "pypi.org:443/x",
+            "pypi.org:+443",
+            "pypi.org: 443",
+            "",
         ] {
             assert!(Destination::parse_authority(bad).is_err(), "{bad:?}");
         }
@@ -423,7 +444,14 @@ mod tests {
 
     #[test]
     fn bare_hosts_agree_with_urls() {
-        for h in ["Example.com", "münchen.de", "127.1", "[::1]", "::1", "0x7f.1"] {
+        for h in [
+            "Example.com",
+            "münchen.de",
+            "127.1",
+            "[::1]",
+            "::1",
+            "0x7f.1",
+        ] {
             let via_url = Destination::parse_url(&format!("http://{h}/"))
                 .map(|p| p.dest.host)
                 .ok();

@@ -162,7 +162,16 @@ mod tests {
 
     #[test]
     fn allows_real_idns() {
-        for l in ["münchen", "例え", "bücher", "ελληνικά", "пример", "日本語テキスト", "한국어", "straße"] {
+        for l in [
+            "münchen",
+            "例え",
+            "bücher",
+            "ελληνικά",
+            "пример",
+            "日本語テキスト",
+            "한국어",
+            "straße",
+        ] {
             assert_eq!(check_label(l), Ok(()), "{l}");
         }
     }
@@ -170,12 +179,12 @@ mod tests {
     #[test]
     fn denies_spoofs() {
         for l in [
-            "аррӏе",     // Cyrillic whole-script "apple"
-            "раураl",    // Cyrillic + Latin
-            "gοogle",    // Greek omicron in Latin
+            "аррӏе",           // Cyrillic whole-script "apple"
+            "раураl",          // Cyrillic + Latin
+            "gοogle",          // Greek omicron in Latin
             "exa\u{200d}mple", // zero-width joiner
-            "ехаmрlе",   // mixed Cyrillic/Latin
-            "ɑpple",     // Latin alpha look-alike
+            "ехаmрlе",         // mixed Cyrillic/Latin
+            "ɑpple",           // Latin alpha look-alike
         ] {
             assert!(check_label(l).is_err(), "{l}");
         }

@@ -87,7 +87,11 @@ const fn in4(addr: u32, base: u32, len: u32) -> bool {
 
 /// Whether `addr` lies in `base/len` (IPv6, as integers).
 const fn in6(addr: u128, base: u128, len: u32) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     addr & mask == base
 }
 
@@ -96,10 +100,10 @@ pub fn classify_v4(ip: Ipv4Addr) -> AddrClass {
     let a = u32::from(ip);
     let first = a >> 24;
     match first {
-        0 => AddrClass::Unspecified,         // 0/8 "this network" (RFC 791)
-        10 => AddrClass::Private,            // RFC 1918
-        127 => AddrClass::Loopback,          // RFC 1122
-        224..=239 => AddrClass::Multicast,   // RFC 5771
+        0 => AddrClass::Unspecified,       // 0/8 "this network" (RFC 791)
+        10 => AddrClass::Private,          // RFC 1918
+        127 => AddrClass::Loopback,        // RFC 1122
+        224..=239 => AddrClass::Multicast, // RFC 5771
         240..=255 => {
             if a == u32::MAX {
                 AddrClass::Unspecified // limited broadcast (RFC 919)

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::dest::{Destination, Host};
 use crate::ip::classify;
@@ -84,7 +84,7 @@ struct RawPolicy {
     #[serde(default)]
     package_repos: Vec<RawRepo>,
     #[serde(default)]
-    orgs: BTreeMap<OrgKey, RawOrg>,
+    orgs: UniqueMap<OrgKey, RawOrg>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +93,7 @@ struct RawOrg {
     #[serde(default)]
     clients: Vec<Cidr>,
     #[serde(default)]
-    integrations: BTreeMap<String, RawIntegration>,
+    integrations: UniqueMap<String, RawIntegration>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +112,68 @@ struct RawRepoMap {
 
 fn default_repo_ports() -> Vec<PortNum> {
     vec![PortNum(443)]
+}
+
+/// A YAML mapping that refuses duplicate keys (serde's maps keep the last
+/// one silently, which would let a second `acme:` replace the first).
+struct UniqueMap<K, V>(BTreeMap<K, V>);
+
+impl<K, V> Default for UniqueMap<K, V> {
+    fn default() -> Self {
+        UniqueMap(BTreeMap::new())
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for UniqueMap<K, V>
+where
+    K: Deserialize<'de> + Ord + KeyName,
+    V: Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V2<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K, V> Visitor<'de> for V2<K, V>
+        where
+            K: Deserialize<'de> + Ord + KeyName,
+            V: Deserialize<'de>,
+        {
+            type Value = UniqueMap<K, V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<K>()? {
+                    if out.contains_key(&k) {
+                        return Err(de::Error::custom(format!(
+                            "`{}` is listed twice; merge the two entries into one",
+                            k.key_name()
+                        )));
+                    }
+                    let v = map.next_value::<V>()?;
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V2(std::marker::PhantomData))
+    }
+}
+
+/// The text of a map key, for error messages.
+trait KeyName {
+    fn key_name(&self) -> &str;
+}
+
+impl KeyName for String {
+    fn key_name(&self) -> &str {
+        self
+    }
+}
+
+impl KeyName for OrgKey {
+    fn key_name(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
 /// `- pypi.org` or `- {host: pypi.org, ports: [443]}`.
@@ -197,10 +259,7 @@ impl<'de> Deserialize<'de> for Cidr {
                 },
             };
             if net.trunc() != net {
-                return Err(format!(
-                    "`{s}` has host bits set; write `{}`",
-                    net.trunc()
-                ));
+                return Err(format!("`{s}` has host bits set; write `{}`", net.trunc()));
             }
             Ok(Cidr(net))
         })
@@ -218,9 +277,9 @@ impl PolicyHost {
                 "`{s}`: wildcards are not allowed here; list each host name"
             ));
         }
-        Destination::normalize_host(s)
-            .map(PolicyHost)
-            .map_err(|e| format!("invalid host `{s}` ({e}); write a public DNS name like `pypi.org`"))
+        Destination::normalize_host(s).map(PolicyHost).map_err(|e| {
+            format!("invalid host `{s}` ({e}); write a public DNS name like `pypi.org`")
+        })
     }
 }
 
@@ -390,32 +449,55 @@ impl Policy {
             check_literal(&host.0, field.clone())?;
             let key = host.0.to_text();
             if ports.is_empty() {
-                return Err(err(&key, format!("{field}.ports"), "no ports listed".into(), "write `ports: [443]` or leave `ports` out"));
+                return Err(err(
+                    &key,
+                    format!("{field}.ports"),
+                    "no ports listed".into(),
+                    "write `ports: [443]` or leave `ports` out",
+                ));
             }
             let mut seen = HashSet::new();
             let mut list = Vec::with_capacity(ports.len());
             for p in ports {
                 if !seen.insert(*p) {
-                    return Err(err(&key, format!("{field}.ports"), format!("port {} is listed twice", p.0), "list each port once"));
+                    return Err(err(
+                        &key,
+                        format!("{field}.ports"),
+                        format!("port {} is listed twice", p.0),
+                        "list each port once",
+                    ));
                 }
                 list.push(p.0);
             }
             if repos.insert(key.clone(), list).is_some() {
-                return Err(err_nth(file, text, &key, 2, field, format!("package repository `{key}` is listed twice"), "list each host once, with all its ports"));
+                return Err(err_nth(
+                    file,
+                    text,
+                    &key,
+                    2,
+                    field,
+                    format!("package repository `{key}` is listed twice"),
+                    "list each host once, with all its ports",
+                ));
             }
         }
 
         let mut orgs = HashMap::new();
         let mut clients: Vec<(IpNet, String)> = Vec::new();
-        for (OrgKey(id), raw_org) in raw.orgs {
+        for (OrgKey(id), raw_org) in raw.orgs.0 {
             let name = id.as_str().to_owned();
             let mut exact = HashSet::new();
             let mut wildcard = HashSet::new();
             let mut integrations = BTreeMap::new();
-            for (iname, integ) in raw_org.integrations {
+            for (iname, integ) in raw_org.integrations.0 {
                 let field = format!("orgs.{name}.integrations.{iname}.hosts");
                 if integ.hosts.is_empty() {
-                    return Err(err(&iname, field, "no hosts listed".into(), "list the integration's API hosts, like `hosts: [api.github.com]`"));
+                    return Err(err(
+                        &iname,
+                        field,
+                        "no hosts listed".into(),
+                        "list the integration's API hosts, like `hosts: [api.github.com]`",
+                    ));
                 }
                 let mut written = Vec::with_capacity(integ.hosts.len());
                 for (j, pattern) in integ.hosts.iter().enumerate() {
@@ -428,7 +510,15 @@ impl Policy {
                         HostPattern::Wildcard(s) => (wildcard.insert(s.clone()), format!("*.{s}")),
                     };
                     if !fresh {
-                        return Err(err_nth(file, text, &text_form, 2, format!("{field}[{j}]"), format!("host `{text_form}` is listed twice in org `{name}`"), "list each host once per org"));
+                        return Err(err_nth(
+                            file,
+                            text,
+                            &text_form,
+                            2,
+                            format!("{field}[{j}]"),
+                            format!("host `{text_form}` is listed twice in org `{name}`"),
+                            "list each host once per org",
+                        ));
                     }
                     written.push(text_form);
                 }
@@ -460,7 +550,7 @@ impl Policy {
                 },
             );
         }
-        clients.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        clients.sort_by_key(|c| std::cmp::Reverse(c.0.prefix_len()));
         Ok(Policy {
             unsafe_allow,
             repos,
@@ -551,7 +641,12 @@ fn line_of(text: &str, needle: &str) -> usize {
 fn nth_line_of(text: &str, needle: &str, n: usize) -> usize {
     text.lines()
         .enumerate()
-        .filter(|(_, l)| l.split('#').next().is_some_and(|code| code.contains(needle)))
+        .filter(|(_, l)| {
+            l.split('#').next().is_some_and(|code| {
+                code.to_ascii_lowercase()
+                    .contains(&needle.to_ascii_lowercase())
+            })
+        })
         .nth(n.saturating_sub(1))
         .map_or(0, |(i, _)| i + 1)
 }
@@ -641,9 +736,13 @@ orgs:
     #[test]
     fn issue_example_loads() {
         let p = Policy::from_yaml("t.yaml", ISSUE_EXAMPLE).unwrap();
-        assert_eq!(p.repo_ports(&Host::Name("pypi.org".into())), Some(&[443u16][..]));
         assert_eq!(
-            p.org_for_client("10.10.0.7".parse().unwrap()).map(OrgId::as_str),
+            p.repo_ports(&Host::Name("pypi.org".into())),
+            Some(&[443u16][..])
+        );
+        assert_eq!(
+            p.org_for_client("10.10.0.7".parse().unwrap())
+                .map(OrgId::as_str),
             Some("acme")
         );
         assert!(p.org_for_client("10.10.1.7".parse().unwrap()).is_none());

@@ -202,7 +202,9 @@ impl Reason {
             Reason::NotAProxyRequest => {
                 "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT"
             }
-            Reason::UpstreamConnectFailed => "no validated address of the host accepted a connection",
+            Reason::UpstreamConnectFailed => {
+                "no validated address of the host accepted a connection"
+            }
             Reason::UpstreamTimeout => "the upstream did not answer in time",
             Reason::Overloaded => "the proxy is at its connection limit; retry later",
             Reason::RedirectNotFollowed => "redirects are not followed for writes",
@@ -226,7 +228,10 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for r in Reason::ALL {
             let s = r.as_str();
-            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
             assert!(seen.insert(s), "duplicate {s}");
         }
         assert_eq!(seen.len(), Reason::ALL.len());

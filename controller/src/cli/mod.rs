@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check;
+pub mod policy;
 pub mod scrub;
 
 /// chokepoint's operator CLI.
@@ -18,6 +20,10 @@ pub struct Cli {
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Decide one request against a policy; print one JSON line (exit 0 allow, 1 deny, 2 error).
+    Check(check::Args),
+    /// Work with policy files.
+    Policy(policy::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
 }
@@ -26,7 +32,29 @@ impl Cli {
     /// Run the chosen subcommand and return the process exit code.
     pub fn run(self) -> ExitCode {
         match self.command {
+            Command::Check(args) => check::run(&args),
+            Command::Policy(args) => policy::run(&args),
             Command::Scrub(args) => scrub::run(&args),
         }
     }
+}
+
+/// Exit code of a denial (`egressctl check`).
+pub const EXIT_DENY: u8 = 1;
+/// Exit code of a usage or policy error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Print one line to stdout.
+pub(crate) fn emit_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// Print one error line to stderr and return the usage exit code.
+pub(crate) fn fail_usage(msg: &str) -> ExitCode {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "egressctl: {msg}");
+    ExitCode::from(EXIT_USAGE)
 }
