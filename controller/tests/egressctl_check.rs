@@ -1,5 +1,10 @@
 //! `egressctl check` and `egressctl policy validate`, run as the real binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code: a panic is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
 
 use std::path::PathBuf;
 use std::process::Command;

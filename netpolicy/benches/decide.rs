@@ -2,7 +2,12 @@
 //! `classify` over a mix of addresses, and policy load time.
 //!
 //! Run: `cargo bench -p netpolicy --bench decide -- --warm-up-time 1 --measurement-time 3`.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

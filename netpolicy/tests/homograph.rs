@@ -1,6 +1,11 @@
 //! Homograph tables built from Unicode's own data
 //! (`../shared/corpora/idna/confusables.txt`, UTS #39).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code: a panic is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
 
 mod common;
 

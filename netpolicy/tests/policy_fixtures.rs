@@ -1,6 +1,11 @@
 //! Every bad policy in `testdata/bad/` is rejected with its line, the field
 //! and what to write instead; the shipped example and the shape load.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code: a panic is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
 
 use std::path::Path;
 

@@ -4,7 +4,12 @@
 //! must be refused: by the parser (userinfo, special-use name, invalid host)
 //! or by address validation (`blocked_address`). Cases chokepoint decides
 //! differently from the corpus on purpose are listed below with the reason.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code: a panic is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
 
 mod common;
 

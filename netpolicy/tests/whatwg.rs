@@ -11,7 +11,12 @@
 //! reason; the refusal reasons allowed are the policy ones (userinfo,
 //! special-use or single-label names, names that are not DNS names, IDN
 //! spoofs), never a disagreement about which host it is.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code: a panic is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
 
 mod common;
 

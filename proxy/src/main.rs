@@ -13,7 +13,7 @@
 //! dispatch), [`head`] (reader + hygiene), [`connect`] (tunnels), [`forward`]
 //! (Pingora `ProxyHttp`), [`resolve`] (DNS pinning), [`deny`] (the one place
 //! that renders denials), [`metrics`], [`audit`] (+ scrubbing), [`admin`],
-//! [`reload`], [`state`].
+//! [`reload`], [`state`], [`stream`] (buffered client stream).
 
 mod admin;
 mod audit;
@@ -27,6 +27,7 @@ mod reload;
 mod resolve;
 mod server;
 mod state;
+mod stream;
 
 use std::io::Write;
 use std::process::ExitCode;

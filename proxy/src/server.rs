@@ -16,7 +16,6 @@ use netpolicy::{Destination, Method, Reason, Verdict};
 use pingora::apps::HttpServerApp;
 use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -73,7 +72,7 @@ pub(crate) async fn accept_loop(
             }
             Err(_) => {
                 tasks.spawn(async move {
-                    let mut stream: Stream = Box::new(L4Stream::from(tcp));
+                    let mut stream: Stream = Box::new(crate::stream::ClientStream::new(tcp));
                     let ctx = Ctx::new(client, None, Method::Other, Instant::now());
                     deny(&shared, &mut stream, &ctx, Reason::Overloaded, None).await;
                 });
@@ -111,7 +110,7 @@ async fn handle_conn(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut stream: Stream = Box::new(L4Stream::from(tcp));
+    let mut stream: Stream = Box::new(crate::stream::ClientStream::new(tcp));
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
@@ -344,6 +343,27 @@ async fn linger_close(stream: &mut Stream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_header_must_name_the_target() {
+        let d = Destination::parse_url("http://Example.COM:8080/x")
+            .unwrap()
+            .dest;
+        assert!(host_matches("example.com:8080", &d));
+        assert!(host_matches("EXAMPLE.com:8080", &d));
+        assert!(!host_matches("example.com", &d));
+        assert!(!host_matches("example.com:80", &d));
+        assert!(!host_matches("evil.com:8080", &d));
+        assert!(!host_matches("example.com:8080@evil.com", &d));
+        let d = Destination::parse_url("http://example.com/").unwrap().dest;
+        assert!(host_matches("example.com", &d));
+        assert!(host_matches("example.com:80", &d));
+        let d = Destination::parse_url("http://[2001:db8::1]:81/")
+            .unwrap()
+            .dest;
+        assert!(host_matches("[2001:db8::1]:81", &d));
+        assert!(!host_matches("2001:db8::1", &d));
+    }
 
     #[test]
     fn default_ports() {
