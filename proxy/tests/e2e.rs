@@ -1,0 +1,813 @@
+//! egress-proxy end to end: the real binary on port 0, a recording origin on
+//! 127.0.0.2, a TLS origin (`openssl s_server`) on 127.0.0.3, a test DNS
+//! server, and real clients (curl, pip). 127.0.0.2 and 127.0.0.3 are reached
+//! only because the test policy lists them in `unsafe_allow_ranges`;
+//! 127.0.0.1 stays blocked and stands for "the host itself".
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failed test
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{DnsServer, Origin, ProxyProcess, proxy_request, send_raw};
+
+const BIN: &str = env!("CARGO_BIN_EXE_egress-proxy");
+const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const TLS_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+fn policy(repo_port: u16) -> String {
+    format!(
+        "version: v1
+unsafe_allow_ranges: [127.0.0.2/32, 127.0.0.3/32]
+package_repos:
+  - host: repo.chokepoint.dev
+    ports: [{repo_port}]
+orgs:
+  local:
+    clients: [127.0.0.1/32]
+"
+    )
+}
+
+struct Setup {
+    origin: Origin,
+    dns: DnsServer,
+    proxy: ProxyProcess,
+}
+
+fn setup() -> Setup {
+    let origin = Origin::start(ORIGIN_IP);
+    let dns = DnsServer::start();
+    dns.set_static("origin.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(443), dns.addr);
+    Setup { origin, dns, proxy }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn reads_are_forwarded_in_origin_form_without_proxy_headers() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    for (method, url) in [
+        ("GET", format!("http://127.0.0.2:{port}/a/b?q=1#frag")),
+        ("HEAD", format!("http://127.0.0.2:{port}/head")),
+        (
+            "GET",
+            format!("http://origin.chokepoint.dev:{port}/by-name"),
+        ),
+    ] {
+        let r = proxy_request(
+            s.proxy.listen,
+            method,
+            &url,
+            "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 5\r\nTE: trailers\r\n",
+        );
+        assert_eq!(r.status, 200, "{method} {url}: {:?}", r.text());
+    }
+    let seen = s.origin.seen();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/a/b?q=1", "/head", "/by-name"]);
+    assert_eq!(seen[1].method, "HEAD");
+    assert_eq!(
+        seen[2].header("host"),
+        Some(format!("origin.chokepoint.dev:{port}").as_str())
+    );
+    for r in &seen {
+        for h in [
+            "proxy-authorization",
+            "proxy-connection",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(
+                r.header(h).is_none(),
+                "{h} reached the origin: {:?}",
+                r.headers
+            );
+        }
+    }
+}
+
+#[test]
+fn writes_from_a_container_are_denied_and_never_sent() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        let r = proxy_request(
+            s.proxy.listen,
+            method,
+            &format!("http://127.0.0.2:{port}/w"),
+            "",
+        );
+        assert_eq!(r.status, 403, "{method}");
+        assert_eq!(r.reason(), Some("write_from_container"), "{method}");
+        assert!(
+            r.text().contains("write"),
+            "body says what was denied: {}",
+            r.text()
+        );
+    }
+    for method in ["OPTIONS", "TRACE", "PROPFIND"] {
+        let r = proxy_request(
+            s.proxy.listen,
+            method,
+            &format!("http://127.0.0.2:{port}/w"),
+            "",
+        );
+        assert_eq!(r.reason(), Some("method_not_allowed"), "{method}");
+    }
+    assert_eq!(s.origin.connections(), 0);
+}
+
+#[test]
+fn protocol_misuse_is_refused() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let url = format!("http://127.0.0.2:{port}/ws");
+    let ws = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &url,
+        "Upgrade: websocket\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n",
+    );
+    assert_eq!((ws.status, ws.reason()), (403, Some("upgrade_denied")));
+    let req = format!("GET {url} HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n");
+    let r = send_raw(s.proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert_eq!(r.reason(), Some("host_mismatch"));
+    let r = send_raw(
+        s.proxy.listen,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.reason()), (400, Some("not_a_proxy_request")));
+    let r = send_raw(
+        s.proxy.listen,
+        b"GET http://a.example.com/ HTTP/1.1\r\nHost: a.example.com\r\nX: a\r\n folded\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.reason()), (400, Some("malformed_request")));
+    let r = send_raw(
+        s.proxy.listen,
+        b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(s.origin.connections(), 0);
+}
+
+#[test]
+fn dns_rebinding_never_reaches_loopback() {
+    let s = setup();
+    // The "host itself": a listener on 127.0.0.1 that must never be reached.
+    let host = Origin::start(Ipv4Addr::LOCALHOST);
+    let port = host.addr.port();
+    // Same port on the allowed origin address: the first answer is good.
+    let good = Origin::start_on(SocketAddr::new(IpAddr::V4(ORIGIN_IP), port));
+    s.dns.set(
+        "rebind.chokepoint.dev",
+        vec![vec![IpAddr::V4(ORIGIN_IP)], vec![ip("127.0.0.1")]],
+    );
+    let url = format!("http://rebind.chokepoint.dev:{port}/");
+    let first = proxy_request(s.proxy.listen, "GET", &url, "");
+    assert_eq!(first.status, 200, "{:?}", first.text());
+    for _ in 0..5 {
+        let r = proxy_request(s.proxy.listen, "GET", &url, "");
+        assert_eq!((r.status, r.reason()), (403, Some("blocked_address")));
+    }
+    assert!(
+        s.dns.queries("rebind.chokepoint.dev") >= 2,
+        "the proxy re-resolved per request"
+    );
+    assert_eq!(good.seen().len(), 1);
+    assert_eq!(
+        host.connections(),
+        0,
+        "a rebinding answer reached 127.0.0.1"
+    );
+
+    // One public and one private address: denied whole.
+    s.dns.set_static(
+        "mixed.chokepoint.dev",
+        &[IpAddr::V4(ORIGIN_IP), ip("10.0.0.1")],
+    );
+    s.dns.set_static(
+        "mixed2.chokepoint.dev",
+        &[ip("93.184.215.14"), ip("192.168.1.1")],
+    );
+    for name in ["mixed.chokepoint.dev", "mixed2.chokepoint.dev"] {
+        let r = proxy_request(s.proxy.listen, "GET", &format!("http://{name}:{port}/"), "");
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("blocked_address")),
+            "{name}"
+        );
+    }
+    let r = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &format!("http://nxdomain.chokepoint.dev:{port}/"),
+        "",
+    );
+    assert_eq!((r.status, r.reason()), (502, Some("unresolvable")));
+    assert_eq!(good.seen().len(), 1);
+}
+
+#[test]
+fn every_blocked_corpus_address_is_denied_as_literal_and_through_dns() {
+    let s = setup();
+    let text =
+        std::fs::read_to_string(e2e::corpora().join("ssrf/ssrf_address_cases.jsonl")).unwrap();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        if row["expected"] != "deny"
+            || row["form"] != "ip-literal"
+            || row["config_dependent"] == true
+        {
+            continue;
+        }
+        let addr: IpAddr = row["input"].as_str().unwrap().parse().unwrap();
+        // NAT64 of a public IPv4 is allowed on purpose (docs/blocked-ranges.md).
+        if addr == ip("64:ff9b::808:808") {
+            continue;
+        }
+        let literal = match addr {
+            IpAddr::V4(v4) => format!("http://{v4}:8080/"),
+            IpAddr::V6(v6) => format!("http://[{v6}]:8080/"),
+        };
+        let r = proxy_request(s.proxy.listen, "GET", &literal, "");
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("blocked_address")),
+            "{literal}"
+        );
+        let name = format!("c{n}.chokepoint.dev");
+        s.dns.set_static(&name, &[addr]);
+        let r = proxy_request(s.proxy.listen, "GET", &format!("http://{name}:8080/"), "");
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("blocked_address")),
+            "{name} -> {addr}"
+        );
+        n += 1;
+    }
+    assert!(n >= 40, "only {n} corpus addresses");
+}
+
+#[test]
+fn smuggling_mutations_get_400_or_reach_the_origin_as_one_request() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let text =
+        std::fs::read_to_string(e2e::corpora().join("http/smuggler_mutations.jsonl")).unwrap();
+    let body = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: 127.0.0.2\r\n\r\n";
+    let (mut refused, mut forwarded, mut other) = (0, 0, 0);
+    let started = Instant::now();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "smuggling run took too long"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let req = v["header_template"]
+            .as_str()
+            .unwrap()
+            .replace("__METHOD__", "GET")
+            .replace("__ENDPOINT__", &format!("http://127.0.0.2:{port}/"))
+            .replace("__RANDOM__", "1")
+            .replace("__HOST__", &format!("127.0.0.2:{port}"))
+            .replace("__REPLACE_CL__", &body.len().to_string());
+        // Templates carry raw bytes as \u00XX escapes: one char, one byte.
+        let mut bytes: Vec<u8> = req.chars().map(|c| (u32::from(c) & 0xff) as u8).collect();
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(body.as_bytes());
+        match send_raw(s.proxy.listen, &bytes, Duration::from_secs(5)) {
+            Some(r) if r.status == 400 => refused += 1,
+            Some(r) if r.status == 200 => forwarded += 1,
+            Some(r) => {
+                assert!(r.status >= 400, "{}: {}", v["name"], r.status);
+                other += 1;
+            }
+            None => panic!("{}: no response", v["name"]),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = s.origin.seen();
+    assert!(
+        seen.iter().all(|r| !r.target.contains("smuggled")),
+        "a smuggled request reached the origin"
+    );
+    assert_eq!(
+        seen.len(),
+        forwarded,
+        "each forwarded mutation is exactly one request at the origin"
+    );
+    assert_eq!(refused + forwarded + other, 1768);
+    println!(
+        "smuggling: {refused} refused (400), {forwarded} forwarded as one request, {other} other denials"
+    );
+}
+
+#[test]
+fn unknown_clients_are_denied() {
+    if !e2e::require("curl", e2e::have_tool("curl")) {
+        return;
+    }
+    let s = setup();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--interface",
+            "127.0.0.9",
+            "-x",
+        ])
+        .arg(format!("http://{}", s.proxy.listen))
+        .arg(format!("http://127.0.0.2:{}/", s.origin.addr.port()))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("x-egress-error: unknown_client"), "{head}");
+    assert_eq!(s.origin.connections(), 0);
+}
+
+/// An `openssl s_server` TLS origin for `repo.chokepoint.dev` on 127.0.0.3.
+struct TlsOrigin {
+    port: u16,
+    ca: PathBuf,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TlsOrigin {
+    fn start() -> TlsOrigin {
+        let dir = std::env::temp_dir().join(format!("chokepoint-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=repo.chokepoint.dev",
+                "-addext",
+                "subjectAltName=DNS:repo.chokepoint.dev",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let port = free_port(TLS_IP);
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.3:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((TLS_IP, port)).is_err() {
+            assert!(Instant::now() < deadline, "s_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsOrigin {
+            port,
+            ca: cert,
+            child,
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn connect_tunnels_only_to_package_repos_with_curl() {
+    if !e2e::require(
+        "curl and openssl",
+        e2e::have_tool("curl") && Command::new("openssl").arg("version").output().is_ok(),
+    ) {
+        return;
+    }
+    let tls = TlsOrigin::start();
+    let dns = DnsServer::start();
+    for name in ["repo.chokepoint.dev", "notrepo.chokepoint.dev"] {
+        dns.set_static(name, &[IpAddr::V4(TLS_IP)]);
+    }
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(tls.port), dns.addr);
+    let px = format!("http://{}", proxy.listen);
+    let ca = tls.ca.display().to_string();
+    // curl -p -x: an explicit CONNECT tunnel, TLS end to end.
+    let (ok, body, err) = curl(
+        &[
+            "-p",
+            "-x",
+            &px,
+            "--cacert",
+            &ca,
+            &format!("https://repo.chokepoint.dev:{}/", tls.port),
+        ],
+        &[],
+    );
+    assert!(ok, "tunnel to the package repo failed: {err}");
+    assert!(body.contains("s_server"), "{body}");
+    // The same through HTTPS_PROXY, as pip and friends use it.
+    let (ok, _, err) = curl(
+        &[
+            "--cacert",
+            &ca,
+            &format!("https://repo.chokepoint.dev:{}/", tls.port),
+        ],
+        &[("HTTPS_PROXY", px.clone())],
+    );
+    assert!(ok, "HTTPS_PROXY: {err}");
+    // Not a package repo / wrong port: the CONNECT gets 403 with the reason.
+    for (target, reason) in [
+        (
+            format!("notrepo.chokepoint.dev:{}", tls.port),
+            "connect_not_package_repo",
+        ),
+        (
+            "repo.chokepoint.dev:22".to_owned(),
+            "connect_port_not_allowed",
+        ),
+        (
+            format!("127.0.0.3:{}", tls.port),
+            "connect_not_package_repo",
+        ),
+    ] {
+        let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        let r = send_raw(proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
+        assert_eq!((r.status, r.reason()), (403, Some(reason)), "{target}");
+    }
+    let (ok, _, err) = curl(
+        &[
+            "--cacert",
+            &ca,
+            &format!("https://notrepo.chokepoint.dev:{}/", tls.port),
+        ],
+        &[("HTTPS_PROXY", px)],
+    );
+    assert!(!ok && err.contains("403"), "{err}");
+    // The tunnel shows in the audit log and the metrics.
+    let audit = proxy.audit().join("\n");
+    assert!(audit.contains("\"reason\":\"package_repo\""), "{audit}");
+    let metrics = proxy.metrics();
+    assert!(metrics.contains("egress_tunnel_bytes_total"), "{metrics}");
+}
+
+#[test]
+fn curl_and_pip_through_http_proxy() {
+    if !e2e::require("curl", e2e::have_tool("curl")) {
+        return;
+    }
+    let s = setup();
+    let port = s.origin.addr.port();
+    let px = format!("http://{}", s.proxy.listen);
+    let (ok, body, err) = curl(
+        &[&format!("http://origin.chokepoint.dev:{port}/curl")],
+        &[("HTTP_PROXY", px.clone()), ("http_proxy", px.clone())],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(body, "origin-ok\n");
+
+    if !e2e::require(
+        "python3 -m pip",
+        Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    ) {
+        return;
+    }
+    // A PEP 503 index with one wheel, served by the origin.
+    let wheel = build_wheel();
+    let wheel_name = "chokepointdemo-1.0-py3-none-any.whl";
+    s.origin.route(
+        "/simple/chokepointdemo/",
+        "text/html",
+        format!("<html><body><a href=\"/files/{wheel_name}\">{wheel_name}</a></body></html>")
+            .into_bytes(),
+    );
+    s.origin.route(
+        "/simple/",
+        "text/html",
+        b"<html><body><a href=\"/simple/chokepointdemo/\">chokepointdemo</a></body></html>"
+            .to_vec(),
+    );
+    s.origin.route(
+        &format!("/files/{wheel_name}"),
+        "application/octet-stream",
+        wheel,
+    );
+    let dest = std::env::temp_dir().join(format!("chokepoint-pip-{}", std::process::id()));
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--isolated",
+            "--index-url",
+        ])
+        .arg(format!("http://origin.chokepoint.dev:{port}/simple/"))
+        .args(["--trusted-host", "origin.chokepoint.dev", "-d"])
+        .arg(&dest)
+        .arg("chokepointdemo")
+        .env("HTTP_PROXY", &px)
+        .env("http_proxy", &px)
+        .env_remove("PIP_FIND_LINKS")
+        .env_remove("PIP_INDEX_URL")
+        .output()
+        .unwrap();
+    let downloaded = dest.join(wheel_name).is_file();
+    let _ = std::fs::remove_dir_all(&dest);
+    assert!(
+        downloaded,
+        "pip: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        s.origin
+            .seen()
+            .iter()
+            .any(|r| r.target.starts_with("/files/"))
+    );
+}
+
+/// A minimal valid wheel, built with Python's zipfile.
+fn build_wheel() -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("chokepoint-wheel-{}.whl", std::process::id()));
+    let script = r#"
+import sys, zipfile, hashlib, base64
+files = {
+ "chokepointdemo/__init__.py": b"VALUE = 1\n",
+ "chokepointdemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: chokepointdemo\nVersion: 1.0\n",
+ "chokepointdemo-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: chokepoint-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+rec = []
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for n, d in files.items():
+        z.writestr(n, d)
+        h = base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode()
+        rec.append(f"{n},sha256={h},{len(d)}")
+    rec.append("chokepointdemo-1.0.dist-info/RECORD,,")
+    z.writestr("chokepointdemo-1.0.dist-info/RECORD", "\n".join(rec) + "\n")
+"#;
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
+#[test]
+fn reload_applies_good_files_and_keeps_the_old_policy_on_bad_ones() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let target = format!("pkg.chokepoint.dev:{port}");
+    s.dns
+        .set_static("pkg.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let connect = || {
+        let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        let mut c = TcpStream::connect(s.proxy.listen).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        e2e::read_response(&mut c, Duration::from_secs(5))
+            .map(|r| (r.status, r.reason().map(str::to_owned)))
+    };
+    assert_eq!(
+        connect(),
+        Some((403, Some("connect_not_package_repo".to_owned())))
+    );
+    let generation = |m: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with("egress_policy_generation"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let g0 = generation(&s.proxy.metrics());
+
+    // A good file via POST /reload: the tunnel is now allowed.
+    let good = policy(443).replace(
+        "    ports: [443]",
+        &format!("    ports: [443]\n  - host: pkg.chokepoint.dev\n    ports: [{port}]"),
+    );
+    std::fs::write(&s.proxy.policy_path, &good).unwrap();
+    assert_eq!(s.proxy.reload().status, 200);
+    assert_eq!(connect().map(|c| c.0), Some(200));
+    assert_eq!(generation(&s.proxy.metrics()), g0 + 1.0);
+
+    // A bad file: refused with the line, the old policy stays.
+    std::fs::write(
+        &s.proxy.policy_path,
+        "version: v1\norgs:\n  local:\n    clients: [not-a-cidr]\n",
+    )
+    .unwrap();
+    let r = s.proxy.reload();
+    assert!(r.status >= 400, "{}", r.status);
+    assert!(
+        r.text().contains(":4:"),
+        "the error names the line: {}",
+        r.text()
+    );
+    assert_eq!(connect().map(|c| c.0), Some(200), "old policy kept");
+    let metrics = s.proxy.metrics();
+    assert!(
+        metrics.contains("egress_policy_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(generation(&metrics), g0 + 1.0);
+
+    // SIGHUP reloads too: back to the original policy.
+    std::fs::write(&s.proxy.policy_path, policy(443)).unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &s.proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while generation(&s.proxy.metrics()) < g0 + 2.0 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        connect(),
+        Some((403, Some("connect_not_package_repo".to_owned())))
+    );
+}
+
+#[test]
+fn metrics_and_audit_carry_the_reason_and_no_secret() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let token = "ghp_R8kQ2mZ7vP4nL1tX9cB6wY3hJ5sD0fG2aE8u";
+    let r = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &format!("http://127.0.0.2:{port}/cb?access_token={token}"),
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let r = proxy_request(
+        s.proxy.listen,
+        "POST",
+        &format!("http://127.0.0.2:{port}/cb?access_token={token}"),
+        "",
+    );
+    assert_eq!(r.reason(), Some("write_from_container"));
+    assert!(
+        !r.text().contains(token),
+        "error body leaks the token: {}",
+        r.text()
+    );
+    // The audit log never records paths or queries; a token-shaped host
+    // name (labels may hold '_') shows the scrubber on the audit line and on
+    // the error body.
+    let host_token = "ghp_r8kq2mz7vp4nl1tx9cb6wy3hj5sd0fg2ae8u";
+    let r = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &format!("http://{host_token}.chokepoint.dev:{port}/"),
+        "",
+    );
+    assert_eq!(r.reason(), Some("unresolvable"));
+    assert!(
+        !r.text().contains(host_token),
+        "error body leaks the token: {}",
+        r.text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.proxy.audit().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no audit lines: {:?}",
+            s.proxy.audit()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let audit = s.proxy.audit();
+    for line in &audit {
+        assert!(!line.contains(token), "audit leaks the token: {line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for field in [
+            "time",
+            "org",
+            "client",
+            "method",
+            "scheme",
+            "host",
+            "port",
+            "verdict",
+            "reason",
+            "status",
+            "bytes_up",
+            "bytes_down",
+            "duration_ms",
+        ] {
+            assert!(v.get(field).is_some(), "audit line lacks {field}: {line}");
+        }
+    }
+    assert!(
+        audit[2].contains("[REDACTED:"),
+        "the scrubbed host shows the redaction: {}",
+        audit[2]
+    );
+    assert!(!audit[2].contains(host_token));
+    let allowed: serde_json::Value = serde_json::from_str(&audit[0]).unwrap();
+    assert_eq!(allowed["reason"], "read_public");
+    assert_eq!(allowed["dialed"], format!("127.0.0.2:{port}"));
+    let denied: serde_json::Value = serde_json::from_str(&audit[1]).unwrap();
+    assert_eq!(
+        (denied["verdict"].as_str(), denied["reason"].as_str()),
+        (Some("deny"), Some("write_from_container"))
+    );
+    let metrics = s.proxy.metrics();
+    for needle in [
+        "egress_requests_total{method=\"GET\",reason=\"read_public\",source=\"container\",verdict=\"allow\"} 1",
+        "egress_requests_total{method=\"POST\",reason=\"write_from_container\",source=\"container\",verdict=\"deny\"} 1",
+        "egress_upstream_connect_seconds",
+        "egress_dns_resolve_seconds",
+        "egress_tunnels_active",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    assert_eq!(s.proxy.admin_get("/healthz").status, 200);
+    assert_eq!(s.proxy.admin_get("/readyz").status, 200);
+}
