@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod check;
+pub mod image;
 pub mod policy;
 pub mod scrub;
 
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Decide one request against a policy; print one JSON line (exit 0 allow, 1 deny, 2 error).
     Check(check::Args),
+    /// Build registry-free `FROM scratch` images (proxy, controller, exec).
+    Image(image::Args),
     /// Work with policy files.
     Policy(policy::Args),
     /// Remove secrets from stdin and write the result to stdout.
@@ -33,6 +36,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Check(args) => check::run(&args),
+            Command::Image(args) => image::run(&args),
             Command::Policy(args) => policy::run(&args),
             Command::Scrub(args) => scrub::run(&args),
         }

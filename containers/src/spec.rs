@@ -1,0 +1,271 @@
+//! `HardenedSpec`: the only way this project builds an exec container's create
+//! options. Owns org-id validation, the host-folder derivation and the six
+//! hardening layers. Must never produce a spec with uid 0, an added
+//! capability, an unconfined seccomp profile, a writable root, a bind mount
+//! other than the org's own folder, or a host/default-bridge network.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+
+use crate::SpecError;
+
+/// The fixed unprivileged uid and gid every exec container runs as.
+pub const EXEC_UID: u32 = 65532;
+/// Where the org's folder appears inside the container.
+pub const WORKSPACE: &str = "/workspace";
+/// The size-capped, noexec tmpfs scratch directory.
+pub const SCRATCH: &str = "/tmp";
+
+/// Host paths that must never be (or contain) an org's data root.
+const SYSTEM_PATHS: &[&str] = &[
+    "/",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/var/run",
+    "/run",
+    "/var/lib/docker",
+    "/usr",
+    "/boot",
+    "/root",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/var",
+    "/home",
+    "/var/lib",
+];
+
+/// A validated organization id: `[a-z0-9][a-z0-9_-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrgId(String);
+
+impl OrgId {
+    /// Parse an org id; anything outside `[a-z0-9][a-z0-9_-]{0,62}` is refused.
+    pub fn parse(raw: &str) -> Result<Self, SpecError> {
+        let bytes = raw.as_bytes();
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+        if first_ok && rest_ok && bytes.len() <= 63 {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(SpecError::BadOrgId)
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Resource limits of one exec container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is set equal: no swap).
+    pub memory_bytes: i64,
+    /// CPU limit in units of 1e-9 CPUs.
+    pub nano_cpus: i64,
+    /// Maximum number of processes/threads.
+    pub pids: i64,
+    /// Size of the `/tmp` scratch tmpfs in bytes.
+    pub scratch_bytes: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 * 1024 * 1024,
+            nano_cpus: 1_000_000_000,
+            pids: 128,
+            scratch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything needed to create one hardened exec container.
+#[derive(Debug, Clone)]
+pub struct HardenedSpec {
+    /// The organization whose folder is mounted.
+    pub org: OrgId,
+    /// Image reference (a locally built `FROM scratch` image).
+    pub image: String,
+    /// Host directory holding one sub-folder per org.
+    pub data_root: PathBuf,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The org's own Docker network (never bridge/host/default/container:...).
+    pub network: String,
+    /// Command to run (argv).
+    pub command: Vec<String>,
+    /// Extra environment (`KEY=value`), e.g. `HTTP_PROXY`.
+    pub env: Vec<String>,
+    /// Healthcheck argv run with exec form (`CMD`).
+    pub healthcheck: Vec<String>,
+}
+
+impl HardenedSpec {
+    /// A spec with default limits, no env and a `true`-style healthcheck
+    /// (`/bin/sh -c "exit 0"`).
+    pub fn new(
+        org: OrgId,
+        image: impl Into<String>,
+        data_root: impl Into<PathBuf>,
+        network: impl Into<String>,
+        command: Vec<String>,
+    ) -> Self {
+        Self {
+            org,
+            image: image.into(),
+            data_root: data_root.into(),
+            limits: Limits::default(),
+            network: network.into(),
+            command,
+            env: Vec::new(),
+            healthcheck: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+        }
+    }
+
+    /// The canonical host folder of this org: `canonical(data_root)/org`,
+    /// which must already exist, be a directory, and canonicalize to a path
+    /// directly under the canonical data root (no symlink escape).
+    pub fn host_folder(&self) -> Result<PathBuf, SpecError> {
+        let root = self
+            .data_root
+            .canonicalize()
+            .map_err(|e| SpecError::DataRoot(e.to_string()))?;
+        check_not_system(&root)?;
+        let folder = root
+            .join(self.org.as_str())
+            .canonicalize()
+            .map_err(|e| SpecError::OrgFolder(e.to_string()))?;
+        // Exactly root/org: a symlink (even to another org's folder) is refused.
+        if folder != root.join(self.org.as_str()) {
+            return Err(SpecError::Escape);
+        }
+        if !folder.is_dir() {
+            return Err(SpecError::OrgFolder("not a directory".into()));
+        }
+        check_not_system(&folder)?;
+        Ok(folder)
+    }
+
+    /// Validate and render the bollard create body (all six layers).
+    pub fn to_create_body(&self) -> Result<ContainerCreateBody, SpecError> {
+        check_network(&self.network)?;
+        let l = self.limits;
+        if l.memory_bytes < 6 * 1024 * 1024
+            || l.nano_cpus <= 0
+            || l.pids <= 0
+            || l.scratch_bytes <= 0
+        {
+            return Err(SpecError::BadLimits);
+        }
+        if self.image.trim().is_empty() || self.command.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let folder = self.host_folder()?;
+        let folder = folder.to_str().ok_or(SpecError::Escape)?;
+        if folder.contains(':') || folder.contains(',') {
+            return Err(SpecError::Escape);
+        }
+        let ids = format!("{EXEC_UID}:{EXEC_UID}");
+        let mut tmpfs = HashMap::new();
+        tmpfs.insert(
+            SCRATCH.to_owned(),
+            format!("rw,noexec,nosuid,nodev,size={},mode=1777", l.scratch_bytes),
+        );
+        let host_config = HostConfig {
+            memory: Some(l.memory_bytes),
+            memory_swap: Some(l.memory_bytes),
+            nano_cpus: Some(l.nano_cpus),
+            cpu_shares: Some(512),
+            pids_limit: Some(l.pids),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(Vec::new()),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            binds: Some(vec![format!("{folder}:{WORKSPACE}:rw,rprivate")]),
+            network_mode: Some(self.network.clone()),
+            privileged: Some(false),
+            publish_all_ports: Some(false),
+            init: Some(true),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: Some(0),
+            }),
+            devices: Some(Vec::new()),
+            ..Default::default()
+        };
+        Ok(ContainerCreateBody {
+            image: Some(self.image.clone()),
+            user: Some(ids),
+            cmd: Some(self.command.clone()),
+            env: Some(self.env.clone()),
+            working_dir: Some(WORKSPACE.into()),
+            network_disabled: Some(false),
+            healthcheck: Some(HealthConfig {
+                test: Some(
+                    std::iter::once("CMD".to_owned())
+                        .chain(self.healthcheck.iter().cloned())
+                        .collect(),
+                ),
+                interval: Some(30_000_000_000),
+                timeout: Some(5_000_000_000),
+                retries: Some(3),
+                ..Default::default()
+            }),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+}
+
+/// Refuse networks that are not an org's own user-defined network.
+pub fn check_network(name: &str) -> Result<(), SpecError> {
+    let bad = name.is_empty()
+        || matches!(name, "bridge" | "host" | "default" | "none")
+        || name.starts_with("container:")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if bad {
+        Err(SpecError::BadNetwork(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuse a path that is a system path or the Docker socket.
+fn check_not_system(p: &Path) -> Result<(), SpecError> {
+    let s = p.to_string_lossy();
+    if SYSTEM_PATHS.iter().any(|sys| s == *sys) || s.contains("docker.sock") {
+        return Err(SpecError::SystemPath(s.into_owned()));
+    }
+    for sys in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/etc",
+        "/var/run",
+        "/run",
+        "/var/lib/docker",
+        "/boot",
+    ] {
+        if p.starts_with(sys) {
+            return Err(SpecError::SystemPath(s.into_owned()));
+        }
+    }
+    Ok(())
+}
