@@ -5,3 +5,5 @@
 
 pub mod cli;
 pub mod firewall;
+pub mod network;
+pub mod reconcile;

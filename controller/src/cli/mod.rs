@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod check;
 pub mod image;
 pub mod policy;
+pub mod reconcile;
 pub mod scrub;
 
 /// chokepoint's operator CLI.
@@ -27,6 +28,10 @@ pub enum Command {
     Image(image::Args),
     /// Work with policy files.
     Policy(policy::Args),
+    /// Run one controller pass now (networks, proxy attachment, nftables).
+    Reconcile(reconcile::Args),
+    /// Per org: network, proxy attachment, nft tables and the last pass (exit 1 if anything is off).
+    Status(reconcile::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
 }
@@ -38,6 +43,8 @@ impl Cli {
             Command::Check(args) => check::run(&args),
             Command::Image(args) => image::run(&args),
             Command::Policy(args) => policy::run(&args),
+            Command::Reconcile(args) => reconcile::run_reconcile(&args),
+            Command::Status(args) => reconcile::run_status(&args),
             Command::Scrub(args) => scrub::run(&args),
         }
     }
