@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# egress-proxy beside squid, tinyproxy and a direct connection, in one run, on
+# loopback only. Prints one table. Not part of `cargo test`.
+#
+#   bench/proxy-bench.sh            # needs: nginx squid tinyproxy wrk curl openssl python3
+#
+# Origins: nginx on 127.0.0.2:18080 (http) and 127.0.0.3:18443 (https, a
+# self-signed cert for repo.chokepoint.dev). egress-proxy resolves that name
+# through a tiny DNS responder (bench/tools.py); squid reads a hosts file;
+# tinyproxy is sent to the address (127.0.0.3) with the same SNI.
+# Every load is bounded: wrk runs 5 s, tunnel loops stop at N or T seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+for t in nginx squid tinyproxy wrk curl openssl python3; do
+    command -v "$t" >/dev/null || { echo "missing: $t (apt-get install -y nginx squid tinyproxy wrk curl openssl python3)" >&2; exit 2; }
+done
+
+TMP=$(mktemp -d /tmp/chokepoint-bench.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    [ -f "$TMP/squid.pid" ] && kill "$(cat "$TMP/squid.pid")" 2>/dev/null || true
+    sleep 0.5
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+ulimit -n 8192 || true
+
+echo "building egress-proxy (release)..." >&2
+cargo build --release -q -p egress-proxy
+PROXY_BIN=$ROOT/target/release/egress-proxy
+TOOLS=$ROOT/bench/tools.py
+
+# --- origin ---------------------------------------------------------------
+mkdir -p "$TMP/www"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$TMP/www/small"
+head -c $((200 * 1024 * 1024)) /dev/zero > "$TMP/www/big"
+chmod -R a+rX "$TMP/www"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=repo.chokepoint.dev -addext subjectAltName=DNS:repo.chokepoint.dev \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+chmod 644 "$TMP/key.pem"
+cat > "$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx.err;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.2:18080; root $TMP/www; }
+    server {
+        listen 127.0.0.3:18443 ssl;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        root $TMP/www;
+    }
+}
+EOF
+nginx -c "$TMP/nginx.conf" & PIDS+=($!)
+
+# --- egress-proxy -----------------------------------------------------------
+python3 "$TOOLS" dns 15353 127.0.0.3 & PIDS+=($!)
+cat > "$TMP/policy.yaml" <<EOF
+version: v1
+unsafe_allow_ranges: [127.0.0.2/32, 127.0.0.3/32]
+package_repos:
+  - host: repo.chokepoint.dev
+    ports: [18443]
+orgs:
+  bench:
+    clients: [127.0.0.1/32]
+EOF
+"$PROXY_BIN" --policy "$TMP/policy.yaml" --listen 127.0.0.1:13128 --admin-listen 127.0.0.1:19090 \
+    --dns-server 127.0.0.1:15353 --audit-log /dev/null 2>"$TMP/egress.err" & EGRESS_PID=$!; PIDS+=($EGRESS_PID)
+
+# --- squid ----------------------------------------------------------------
+echo "127.0.0.3 repo.chokepoint.dev" > "$TMP/hosts"
+chmod 777 "$TMP"
+cat > "$TMP/squid.conf" <<EOF
+http_port 127.0.0.1:13129
+http_access allow all
+cache deny all
+cache_mem 0 MB
+access_log none
+cache_log $TMP/squid-cache.log
+pid_filename $TMP/squid.pid
+coredump_dir $TMP
+hosts_file $TMP/hosts
+shutdown_lifetime 1 seconds
+EOF
+squid -N -f "$TMP/squid.conf" 2>"$TMP/squid.err" & SQUID_PID=$!; PIDS+=($SQUID_PID)
+
+# --- tinyproxy --------------------------------------------------------------
+cat > "$TMP/tinyproxy.conf" <<EOF
+User nobody
+Group nogroup
+Port 13130
+Listen 127.0.0.1
+Timeout 600
+LogLevel Warning
+LogFile "$TMP/tinyproxy.log"
+MaxClients 4096
+ConnectPort 18443
+EOF
+tinyproxy -d -c "$TMP/tinyproxy.conf" 2>"$TMP/tinyproxy.err" & TINY_PID=$!; PIDS+=($TINY_PID)
+
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done; echo "no listener on $1:$2" >&2; exit 1; }
+wait_port 127.0.0.2 18080; wait_port 127.0.0.3 18443
+wait_port 127.0.0.1 13128; wait_port 127.0.0.1 13129; wait_port 127.0.0.1 13130
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+CLK=$(getconf CLK_TCK)
+
+cat > "$TMP/abs.lua" <<'EOF'
+wrk.path = "http://127.0.0.2:18080/small"
+wrk.headers["Host"] = "127.0.0.2:18080"
+EOF
+
+# wrk → "rps p50_ms p99_ms requests"
+run_wrk() {
+    local out
+    out=$(wrk -t1 -c32 -d5s --latency "$@")
+    local rps p50 p99 reqs
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; printf "%.3f", v}'; }
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+    echo "$rps $p50 $p99 $reqs"
+}
+
+declare -A RPS P50 P99 CPUREQ BULK TPS SETUP CPUTUN HWM IDLE
+measure() { # name pid proxy_url connect_target
+    local name=$1 pid=$2 url=$3 target=$4
+    echo "measuring $name..." >&2
+    local c0 c1 r
+    c0=$(cpu_ticks "$pid")
+    r=$(run_wrk -s "$TMP/abs.lua" "$url")
+    c1=$(cpu_ticks "$pid")
+    read -r RPS[$name] P50[$name] P99[$name] reqs <<<"$r"
+    CPUREQ[$name]=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    local resolve=()
+    [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
+    BULK[$name]=$(curl -sS -p -x "$url" "${resolve[@]}" --cacert "$TMP/cert.pem" -o /dev/null \
+        -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
+    c0=$(cpu_ticks "$pid")
+    r=$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 3000 8 "$TMP/cert.pem")
+    c1=$(cpu_ticks "$pid")
+    read -r n TPS[$name] SETUP[$name] <<<"$r"
+    CPUTUN[$name]=$(awk -v d=$((c1 - c0)) -v n="$n" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    IDLE[$name]=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
+    HWM[$name]=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
+}
+
+echo "measuring direct..." >&2
+read -r RPS[direct] P50[direct] P99[direct] _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
+BULK[direct]=$(curl -sS --resolve repo.chokepoint.dev:18443:127.0.0.3 --cacert "$TMP/cert.pem" -o /dev/null \
+    -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
+read -r _ TPS[direct] SETUP[direct] <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 3000 8 "$TMP/cert.pem")"
+
+measure egress-proxy "$EGRESS_PID" http://127.0.0.1:13128 repo.chokepoint.dev:18443
+measure squid "$SQUID_PID" http://127.0.0.1:13129 repo.chokepoint.dev:18443
+measure tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo
+echo "chokepoint proxy bench — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-13s %10s %8s %8s %10s %10s %10s %10s %10s %10s %11s\n' \
+    proxy "req/s" "p50 ms" "p99 ms" "CPU us/req" "bulk MiB/s" "tunnels/s" "setup ms" "CPU us/tun" "peak MiB" "1k idle MiB"
+for n in direct egress-proxy squid tinyproxy; do
+    printf '%-13s %10s %8s %8s %10s %10s %10s %10s %10s %10s %11s\n' "$n" \
+        "${RPS[$n]}" "${P50[$n]}" "${P99[$n]}" "${CPUREQ[$n]:--}" "${BULK[$n]}" "${TPS[$n]}" "${SETUP[$n]}" \
+        "${CPUTUN[$n]:--}" "${HWM[$n]:--}" "${IDLE[$n]:--}"
+done
+echo
+E=egress-proxy
+echo "targets (egress-proxy):"
+echo "  forwarded req/s vs squid      $(ratio "${RPS[$E]}" "${RPS[squid]}")x   (target >= 2x)"
+echo "  tunnel bulk vs direct         $(ratio "${BULK[$E]}" "${BULK[direct]}")x   (target >= 0.95x)"
+echo "  new tunnels/s vs squid        $(ratio "${TPS[$E]}" "${TPS[squid]}")x   (target >= 1.3x)"
+echo "  tunnel setup added            $(awk -v a="${SETUP[$E]}" -v b="${SETUP[direct]}" 'BEGIN {printf "%.3f", a - b}') ms (target <= 0.3 ms)"
+echo "  peak RSS with 1,000 idle      ${IDLE[$E]} MiB (target < 64 MiB)"
+echo "  req/s vs direct               $(ratio "${RPS[$E]}" "${RPS[direct]}")x; vs tinyproxy $(ratio "${RPS[$E]}" "${RPS[tinyproxy]}")x"
