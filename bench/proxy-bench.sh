@@ -136,55 +136,52 @@ run_wrk() {
     echo "$rps $p50 $p99 $reqs"
 }
 
-declare -A RPS P50 P99 CPUREQ BULK TPS SETUP CPUTUN HWM IDLE
-measure() { # name pid proxy_url connect_target
-    local name=$1 pid=$2 url=$3 target=$4
-    echo "measuring $name..." >&2
-    local c0 c1 r
+ROUNDS=${ROUNDS:-3}
+RESULTS=$TMP/results
+: > "$RESULTS"
+# One line per proxy per round:
+# name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
+measure() { # round name pid proxy_url connect_target
+    local round=$1 name=$2 pid=$3 url=$4 target=$5
+    echo "round $round: $name..." >&2
+    local c0 c1 r rps p50 p99 reqs bulk n tps setup cpureq cputun idle hwm
     c0=$(cpu_ticks "$pid")
-    r=$(run_wrk -s "$TMP/abs.lua" "$url")
+    read -r rps p50 p99 reqs <<<"$(run_wrk -s "$TMP/abs.lua" "$url")"
     c1=$(cpu_ticks "$pid")
-    read -r RPS[$name] P50[$name] P99[$name] reqs <<<"$r"
-    CPUREQ[$name]=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    cpureq=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
     local resolve=()
     [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
-    BULK[$name]=$(curl -sS -p -x "$url" "${resolve[@]}" --cacert "$TMP/cert.pem" -o /dev/null \
+    bulk=$(curl -sS -p -x "$url" "${resolve[@]}" --cacert "$TMP/cert.pem" -o /dev/null \
         -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
     c0=$(cpu_ticks "$pid")
-    r=$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 3000 8 "$TMP/cert.pem")
+    read -r n tps _ <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
     c1=$(cpu_ticks "$pid")
-    read -r n TPS[$name] SETUP[$name] <<<"$r"
-    CPUTUN[$name]=$(awk -v d=$((c1 - c0)) -v n="$n" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
-    IDLE[$name]=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
-    HWM[$name]=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
+    cputun=$(awk -v d=$((c1 - c0)) -v n="$n" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    read -r _ _ setup <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
+    idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
+    hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
+    echo "$name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
+}
+measure_direct() { # round
+    echo "round $1: direct..." >&2
+    local rps p50 p99 bulk tps setup
+    read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
+    bulk=$(curl -sS --resolve repo.chokepoint.dev:18443:127.0.0.3 --cacert "$TMP/cert.pem" -o /dev/null \
+        -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
+    read -r _ tps _ <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
+    read -r _ _ setup <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
+    echo "direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
 }
 
-echo "measuring direct..." >&2
-read -r RPS[direct] P50[direct] P99[direct] _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
-BULK[direct]=$(curl -sS --resolve repo.chokepoint.dev:18443:127.0.0.3 --cacert "$TMP/cert.pem" -o /dev/null \
-    -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
-read -r _ TPS[direct] SETUP[direct] <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 3000 8 "$TMP/cert.pem")"
-
-measure egress-proxy "$EGRESS_PID" http://127.0.0.1:13128 repo.chokepoint.dev:18443
-measure squid "$SQUID_PID" http://127.0.0.1:13129 repo.chokepoint.dev:18443
-measure tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-echo
-echo "chokepoint proxy bench — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-13s %10s %8s %8s %10s %10s %10s %10s %10s %10s %11s\n' \
-    proxy "req/s" "p50 ms" "p99 ms" "CPU us/req" "bulk MiB/s" "tunnels/s" "setup ms" "CPU us/tun" "peak MiB" "1k idle MiB"
-for n in direct egress-proxy squid tinyproxy; do
-    printf '%-13s %10s %8s %8s %10s %10s %10s %10s %10s %10s %11s\n' "$n" \
-        "${RPS[$n]}" "${P50[$n]}" "${P99[$n]}" "${CPUREQ[$n]:--}" "${BULK[$n]}" "${TPS[$n]}" "${SETUP[$n]}" \
-        "${CPUTUN[$n]:--}" "${HWM[$n]:--}" "${IDLE[$n]:--}"
+# Tunnel clients: several processes, so the Python client is not the bottleneck.
+TUNNEL_WORKERS=${TUNNEL_WORKERS:-4}
+for round in $(seq "$ROUNDS"); do
+    measure_direct "$round"
+    measure "$round" egress-proxy "$EGRESS_PID" http://127.0.0.1:13128 repo.chokepoint.dev:18443
+    measure "$round" squid "$SQUID_PID" http://127.0.0.1:13129 repo.chokepoint.dev:18443
+    measure "$round" tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
 done
+
 echo
-E=egress-proxy
-echo "targets (egress-proxy):"
-echo "  forwarded req/s vs squid      $(ratio "${RPS[$E]}" "${RPS[squid]}")x   (target >= 2x)"
-echo "  tunnel bulk vs direct         $(ratio "${BULK[$E]}" "${BULK[direct]}")x   (target >= 0.95x)"
-echo "  new tunnels/s vs squid        $(ratio "${TPS[$E]}" "${TPS[squid]}")x   (target >= 1.3x)"
-echo "  tunnel setup added            $(awk -v a="${SETUP[$E]}" -v b="${SETUP[direct]}" 'BEGIN {printf "%.3f", a - b}') ms (target <= 0.3 ms)"
-echo "  peak RSS with 1,000 idle      ${IDLE[$E]} MiB (target < 64 MiB)"
-echo "  req/s vs direct               $(ratio "${RPS[$E]}" "${RPS[direct]}")x; vs tinyproxy $(ratio "${RPS[$E]}" "${RPS[tinyproxy]}")x"
+echo "chokepoint proxy bench — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $ROUNDS rounds (medians), load $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 "$TOOLS" report "$RESULTS"

@@ -2,16 +2,21 @@
 """Helpers for bench/proxy-bench.sh (loopback only, every loop bounded).
 
   tools.py dns PORT IP              answer every A query with IP (UDP, 127.0.0.1)
-  tools.py tunnels PROXY TARGET HOST N SECONDS CAFILE
-                                    open CONNECT+TLS tunnels one after another
-                                    (at most N, at most SECONDS); print
+  tools.py tunnels PROXY TARGET HOST N SECONDS CAFILE [WORKERS]
+                                    open CONNECT+TLS tunnels, each worker
+                                    process one after another (at most N in
+                                    all, at most SECONDS); print
                                     "count rate_per_s median_setup_ms"
-  tools.py direct-tls HOSTPORT HOST N SECONDS CAFILE
+  tools.py direct-tls HOSTPORT HOST N SECONDS CAFILE [WORKERS]
                                     the same without a proxy (TLS handshakes)
+  tools.py report RESULTS           medians per proxy of the bench's result
+                                    lines, the table and the targets
   tools.py idle PROXY TARGET N PID  hold N idle CONNECT tunnels, print the
                                     proxy's VmRSS/VmHWM in KiB, then close
 """
+import multiprocessing
 import socket
+import statistics
 import ssl
 import struct
 import sys
@@ -33,10 +38,15 @@ def dns(port, ip):
         question = data[12:end]
         qtype = struct.unpack("!H", data[end - 4:end - 2])[0]
         answers = 1 if qtype == 1 else 0
-        header = struct.pack("!HHHHHH", qid, 0x8180, 1, answers, 0, 0)
+        # Other types get NODATA with an SOA, as a real server answers, so
+        # resolvers can cache the negative answer (RFC 2308).
+        header = struct.pack("!HHHHHH", qid, 0x8180, 1, answers, 1 - answers, 0)
         body = question
         if answers:
             body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + addr
+        else:
+            soa = b"\x00\x00" + struct.pack("!IIIII", 1, 3600, 600, 86400, 300)
+            body += b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, 300, len(soa)) + soa
         sock.sendto(header + body, peer)
 
 
@@ -55,12 +65,11 @@ def connect(proxy, target):
     return s
 
 
-def tunnels(proxy, target, host, n, seconds, cafile, direct=False):
+def tunnel_loop(proxy, target, host, n, deadline, cafile, direct):
+    """One worker: sequential tunnels until n or the deadline."""
     ctx = ssl.create_default_context(cafile=cafile)
-    n, seconds = int(n), float(seconds)
     setups = []
-    start = time.time()
-    while len(setups) < n and time.time() - start < seconds:
+    while len(setups) < n and time.time() < deadline:
         t0 = time.perf_counter()
         if direct:
             h, p = target.rsplit(":", 1)
@@ -70,6 +79,19 @@ def tunnels(proxy, target, host, n, seconds, cafile, direct=False):
         tls = ctx.wrap_socket(raw, server_hostname=host)
         setups.append((time.perf_counter() - t0) * 1000)
         tls.close()
+    return setups
+
+
+def tunnels(proxy, target, host, n, seconds, cafile, workers="1", direct=False):
+    n, seconds, workers = int(n), float(seconds), int(workers)
+    start = time.time()
+    args = (proxy, target, host, max(1, n // workers), start + seconds, cafile, direct)
+    if workers == 1:
+        setups = tunnel_loop(*args)
+    else:
+        with multiprocessing.Pool(workers) as pool:
+            parts = pool.starmap(tunnel_loop, [args] * workers)
+        setups = [s for part in parts for s in part]
     elapsed = time.time() - start
     setups.sort()
     print(f"{len(setups)} {len(setups) / elapsed:.1f} {setups[len(setups) // 2]:.3f}")
@@ -92,6 +114,54 @@ def idle(proxy, target, n, pid):
         s.close()
 
 
+COLUMNS = ["req/s", "p50 ms", "p99 ms", "CPU us/req", "bulk MiB/s", "tunnels/s",
+           "setup ms", "CPU us/tun", "1k idle MiB", "peak MiB"]
+
+
+def report(path):
+    rows = {}
+    for line in open(path):
+        name, *vals = line.split()
+        rows.setdefault(name, []).append(vals)
+    med = {}
+    for name, rounds in rows.items():
+        med[name] = []
+        for col in range(len(COLUMNS)):
+            xs = sorted(float(r[col]) for r in rounds if r[col] != "-")
+            med[name].append(statistics.median(xs) if xs else None)
+    fmt = "{:<13}" + " {:>11}" * len(COLUMNS)
+    print(fmt.format("proxy", *COLUMNS))
+    for name, vals in med.items():
+        print(fmt.format(name, *("-" if v is None else f"{v:.4g}" for v in vals)))
+
+    def col(name, c):
+        return med.get(name, [None] * len(COLUMNS))[COLUMNS.index(c)]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    e = "egress-proxy"
+    checks = [
+        ("forwarded req/s vs squid", ratio(col(e, "req/s"), col("squid", "req/s")),
+         ">= 2x", (col(e, "req/s") or 0) >= 2 * (col("squid", "req/s") or 1e18)),
+        ("tunnel bulk vs direct", ratio(col(e, "bulk MiB/s"), col("direct", "bulk MiB/s")),
+         ">= 0.95x", (col(e, "bulk MiB/s") or 0) >= 0.95 * (col("direct", "bulk MiB/s") or 1e18)),
+        ("new tunnels/s vs squid", ratio(col(e, "tunnels/s"), col("squid", "tunnels/s")),
+         ">= 1.3x", (col(e, "tunnels/s") or 0) >= 1.3 * (col("squid", "tunnels/s") or 1e18)),
+    ]
+    added = (col(e, "setup ms") or 0) - (col("direct", "setup ms") or 0)
+    checks.append(("tunnel setup added", f"{added:.3f} ms", "<= 0.3 ms", added <= 0.3))
+    idle = col(e, "1k idle MiB") or 1e18
+    checks.append(("peak RSS, 1,000 idle tunnels", f"{idle:.1f} MiB", "< 64 MiB", idle < 64))
+    print()
+    print("targets (egress-proxy):")
+    for what, got, target, ok in checks:
+        print(f"  {what:<30} {got:>10}  target {target:<9} {'met' if ok else 'MISSED'}")
+    print(f"  {'req/s vs direct':<30} {ratio(col(e, 'req/s'), col('direct', 'req/s')):>10}")
+    print(f"  {'req/s vs tinyproxy':<30} {ratio(col(e, 'req/s'), col('tinyproxy', 'req/s')):>10}")
+    print(f"  {'tunnels/s vs direct':<30} {ratio(col(e, 'tunnels/s'), col('direct', 'tunnels/s')):>10}")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "dns":
@@ -99,8 +169,10 @@ if __name__ == "__main__":
     elif cmd == "tunnels":
         tunnels(*args)
     elif cmd == "direct-tls":
-        hostport, host, n, seconds, cafile = args
-        tunnels(None, hostport, host, n, seconds, cafile, direct=True)
+        hostport, host, n, seconds, cafile, *workers = args
+        tunnels(None, hostport, host, n, seconds, cafile, *workers, direct=True)
+    elif cmd == "report":
+        report(*args)
     elif cmd == "idle":
         idle(*args)
     else:

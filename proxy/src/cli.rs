@@ -145,7 +145,8 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         Forward::new(shared.clone()),
     ));
 
-    runtime.block_on(async move {
+    let after = shared.clone();
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| StartError::Runtime(format!("--listen: {e}")))?;
         let admin = tokio::net::TcpListener::from_std(admin)
@@ -186,9 +187,12 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
                 tasks.abort_all();
             }
         }
-        tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Every audit line of the drained connections reaches the file.
+    after.audit.flush();
+    tracing::info!("stopped");
+    served
 }
 
 /// Bind a listening socket now (non-blocking, for tokio).

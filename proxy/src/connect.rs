@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use netpolicy::{Destination, Method, Reason, Verdict};
-use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -22,9 +21,10 @@ use tokio::sync::watch;
 use crate::audit::Record;
 use crate::server::Ctx;
 use crate::state::SharedRef;
+use crate::stream::Client;
 
 /// Initial splice buffer per direction (small: idle tunnels stay cheap).
-const BUF_MIN: usize = 8 * 1024;
+const BUF_MIN: usize = 4 * 1024;
 /// Largest splice buffer per direction (reached by doubling on full reads).
 const BUF_MAX: usize = 64 * 1024;
 
@@ -65,7 +65,7 @@ pub(crate) async fn dial(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn tunnel(
     shared: &SharedRef,
-    mut client: Stream,
+    mut client: Client,
     early: BytesMut,
     org: String,
     client_addr: SocketAddr,
@@ -111,7 +111,16 @@ pub(crate) async fn tunnel(
         .request(Verdict::Allow, Reason::PackageRepo, Method::Connect);
     if established.is_ok() {
         shared.metrics.tunnels_active.inc();
-        let (up, down) = splice(shared, client, upstream, early, shutdown).await;
+        let (up, down) = match client {
+            Client::Raw(tcp) => {
+                let (cr, cw) = tcp.into_split();
+                splice(shared, cr, cw, upstream, early, shutdown).await
+            }
+            Client::Pingora(s) => {
+                let (cr, cw) = tokio::io::split(s);
+                splice(shared, cr, cw, upstream, early, shutdown).await
+            }
+        };
         shared.metrics.tunnels_active.dec();
         shared.metrics.tunnel_bytes_up.inc_by(up);
         shared.metrics.tunnel_bytes_down.inc_by(down);
@@ -124,18 +133,22 @@ pub(crate) async fn tunnel(
 
 /// Copy both ways until both sides finish, the tunnel idles out, reaches its
 /// maximum lifetime, or the proxy shuts down. Returns (up, down) byte counts.
-async fn splice(
+async fn splice<CR, CW>(
     shared: &SharedRef,
-    client: Stream,
+    cr: CR,
+    mut cw: CW,
     upstream: TcpStream,
     early: BytesMut,
     mut shutdown: watch::Receiver<bool>,
-) -> (u64, u64) {
+) -> (u64, u64)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+{
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
-    let (cr, mut cw) = tokio::io::split(client);
     let (ur, mut uw) = upstream.into_split();
 
     let early_ok = if early.is_empty() {

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use netpolicy::{Destination, Method, Reason, Verdict};
 use pingora::apps::HttpServerApp;
-use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -25,6 +24,7 @@ use crate::audit::Record;
 use crate::forward::Forward;
 use crate::head::{self, HeadError};
 use crate::state::{Plan, SharedRef};
+use crate::stream::{Client, EofGate};
 
 /// Time allowed for the first request head of a connection.
 const FIRST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +72,7 @@ pub(crate) async fn accept_loop(
             }
             Err(_) => {
                 tasks.spawn(async move {
-                    let mut stream: Stream = Box::new(crate::stream::ClientStream::new(tcp));
+                    let mut stream = Client::Raw(tcp);
                     let ctx = Ctx::new(client, None, Method::Other, Instant::now());
                     deny(&shared, &mut stream, &ctx, Reason::Overloaded, None).await;
                 });
@@ -110,7 +110,8 @@ async fn handle_conn(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut stream: Stream = Box::new(crate::stream::ClientStream::new(tcp));
+    let mut stream = Client::Raw(tcp);
+    let eof = Arc::new(EofGate::default());
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
@@ -152,7 +153,10 @@ async fn handle_conn(
                 Ok(a) => a,
                 Err(r) => return deny(&shared, &mut stream, &ctx, r, Some(&dest)).await,
             };
-            let early = buf.split_off(head.len);
+            // Keep only the early bytes, not the whole head buffer, for the
+            // life of the tunnel.
+            let early = BytesMut::from(buf.get(head.len..).unwrap_or_default());
+            drop(std::mem::take(&mut buf));
             let org = ctx.org.take().unwrap_or_default();
             crate::connect::tunnel(
                 &shared, stream, early, org, client, dest, addrs, started, shutdown,
@@ -206,7 +210,7 @@ async fn handle_conn(
             reason: Reason::ReadPublic,
             started,
         };
-        let mut session = ServerSession::new_http1(stream);
+        let mut session = ServerSession::new_http1(stream.into_pingora(&eof));
         session.set_pipelining_enabled(false);
         session.set_pipelined_prefix(std::mem::take(&mut buf));
         session.set_keepalive(if *shutdown.borrow() {
@@ -215,10 +219,17 @@ async fn handle_conn(
             Some(KEEPALIVE_TIMEOUT.as_secs())
         });
         session.set_connection_user_context(Some(Box::new(plan)));
-        match proxy.process_new_http(session, &shutdown).await {
+        // Boxed: Pingora's future is large, and unboxed it would size every
+        // connection task, idle tunnels included.
+        eof.arm(true);
+        let reused = Box::pin(proxy.process_new_http(session, &shutdown)).await;
+        eof.arm(false);
+        match reused {
+            // The client closed its side: the response is out, we are done.
+            Some(_) if eof.seen() => return,
             Some(reused) => {
                 let (s, _settings) = reused.consume();
-                stream = s;
+                stream = Client::Pingora(s);
                 first = false;
             }
             None => return,
@@ -288,13 +299,15 @@ impl DefaultPort for Destination {
 }
 
 /// Deny: write the rendered response, count it, audit it, close.
-pub(crate) async fn deny(
+pub(crate) async fn deny<S>(
     shared: &SharedRef,
-    stream: &mut Stream,
+    stream: &mut S,
     ctx: &Ctx,
     reason: Reason,
     dest: Option<&Destination>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let authority = dest.map(Destination::authority);
     let d = crate::deny::deny(reason, ctx.method, authority.as_deref());
     let _ = stream.write_all(&d.to_bytes()).await;
@@ -327,7 +340,7 @@ pub(crate) async fn deny(
 /// Half-close, then read and drop what the client still sends (bounded in
 /// bytes and time) so the kernel does not reset the connection before the
 /// client has read the response.
-async fn linger_close(stream: &mut Stream) {
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let mut scratch = [0u8; 8192];
     let mut total = 0usize;

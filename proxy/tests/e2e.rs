@@ -515,7 +515,9 @@ fn connect_tunnels_only_to_package_repos_with_curl() {
     );
     assert!(!ok && err.contains("403"), "{err}");
     // The tunnel shows in the audit log and the metrics.
-    let audit = proxy.audit().join("\n");
+    let audit = proxy
+        .audit_until(|l| l.iter().any(|l| l.contains("\"reason\":\"package_repo\"")))
+        .join("\n");
     assert!(audit.contains("\"reason\":\"package_repo\""), "{audit}");
     let metrics = proxy.metrics();
     assert!(metrics.contains("egress_tunnel_bytes_total"), "{metrics}");
@@ -810,4 +812,31 @@ fn metrics_and_audit_carry_the_reason_and_no_secret() {
     }
     assert_eq!(s.proxy.admin_get("/healthz").status, 200);
     assert_eq!(s.proxy.admin_get("/readyz").status, 200);
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    use std::io::Read;
+    let s = setup();
+    let port = s.origin.addr.port();
+    let mut c = TcpStream::connect(s.proxy.listen).unwrap();
+    let req =
+        format!("GET http://127.0.0.2:{port}/half HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = e2e::read_response(&mut c, Duration::from_secs(10)).expect("a response");
+    assert_eq!(r.status, 200, "{:?}", r.text());
+    // Then the proxy closes the connection (nothing more can arrive).
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0));
+    let targets: Vec<String> = s.origin.seen().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/half"]);
+    let audit = s
+        .proxy
+        .audit_until(|l| l.iter().any(|l| l.contains("\"status\":200")));
+    assert!(
+        audit.iter().any(|l| l.contains("\"status\":200")),
+        "{audit:?}"
+    );
 }

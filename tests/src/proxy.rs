@@ -119,6 +119,19 @@ impl ProxyProcess {
             .collect()
     }
 
+    /// The audit log's lines once `done` holds for them (lines are written by
+    /// a background thread, a moment after the response); at most 10 s.
+    pub fn audit_until(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.audit();
+            if done(&lines) || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// GET an admin path.
     pub fn admin_get(&self, path: &str) -> crate::Response {
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
