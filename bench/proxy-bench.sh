@@ -136,11 +136,20 @@ run_wrk() {
     echo "$rps $p50 $p99 $reqs"
 }
 
+# 200 MiB through TLS, three times (one transfer is a fraction of a second,
+# so one is noise); the median in MiB/s. Args: curl's proxy/resolve flags.
+bulk() {
+    for _ in 1 2 3; do
+        curl -sS "$@" --cacert "$TMP/cert.pem" -o /dev/null -w '%{speed_download}\n' \
+            --max-time 60 https://repo.chokepoint.dev:18443/big
+    done | sort -n | awk 'NR == 2 {printf "%.0f", $1 / 1048576}'
+}
+
 ROUNDS=${ROUNDS:-3}
 RESULTS=$TMP/results
 : > "$RESULTS"
 # One line per proxy per round:
-# name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
+# round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
 measure() { # round name pid proxy_url connect_target
     local round=$1 name=$2 pid=$3 url=$4 target=$5
     echo "round $round: $name..." >&2
@@ -151,8 +160,7 @@ measure() { # round name pid proxy_url connect_target
     cpureq=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
     local resolve=()
     [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
-    bulk=$(curl -sS -p -x "$url" "${resolve[@]}" --cacert "$TMP/cert.pem" -o /dev/null \
-        -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
+    bulk=$(bulk -p -x "$url" "${resolve[@]}")
     c0=$(cpu_ticks "$pid")
     read -r n tps _ <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
     c1=$(cpu_ticks "$pid")
@@ -160,17 +168,16 @@ measure() { # round name pid proxy_url connect_target
     read -r _ _ setup <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
     idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
     hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
-    echo "$name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
+    echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
 }
 measure_direct() { # round
     echo "round $1: direct..." >&2
     local rps p50 p99 bulk tps setup
     read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
-    bulk=$(curl -sS --resolve repo.chokepoint.dev:18443:127.0.0.3 --cacert "$TMP/cert.pem" -o /dev/null \
-        -w '%{speed_download}' --max-time 60 https://repo.chokepoint.dev:18443/big | awk '{printf "%.0f", $1 / 1048576}')
+    bulk=$(bulk --resolve repo.chokepoint.dev:18443:127.0.0.3)
     read -r _ tps _ <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
     read -r _ _ setup <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
-    echo "direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
+    echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
 }
 
 # Tunnel clients: several processes, so the Python client is not the bottleneck.

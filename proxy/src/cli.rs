@@ -54,6 +54,10 @@ pub(crate) struct Args {
     /// Upstream TCP connect timeout per address, in milliseconds.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout_ms: u64,
+    /// A forwarded request fails with 504 `upstream_timeout` when the
+    /// upstream sends nothing (or accepts nothing) for this many seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) upstream_idle_timeout_secs: u64,
     /// Close a tunnel with no traffic for this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) tunnel_idle_timeout_secs: u64,
@@ -90,6 +94,7 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
     let limits = Limits {
         max_connections: args.max_connections as usize,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        upstream_idle: Duration::from_secs(args.upstream_idle_timeout_secs),
         tunnel_idle: Duration::from_secs(args.tunnel_idle_timeout_secs),
         tunnel_max_lifetime: Duration::from_secs(args.tunnel_max_lifetime_secs),
     };

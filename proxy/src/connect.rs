@@ -157,6 +157,9 @@ where
         up.fetch_add(early.len() as u64, Ordering::Relaxed);
         uw.write_all(&early).await.is_ok()
     };
+    // Both pumps half-close their side when they finish; the tunnel only
+    // needs closing here when it ended any other way.
+    let mut finished = false;
     if early_ok {
         let up_dir = pump(cr, &mut uw, &up, &last, epoch);
         let down_dir = pump(ur, &mut cw, &down, &last, epoch);
@@ -174,7 +177,7 @@ where
             }
         };
         tokio::select! {
-            _ = both => {}
+            _ = both => finished = true,
             why = watchdog => tracing::debug!(why, "tunnel closed"),
             _ = tokio::time::sleep(shared.limits.tunnel_max_lifetime) => {
                 tracing::debug!("tunnel reached its maximum lifetime");
@@ -182,8 +185,10 @@ where
             _ = shutdown.changed() => tracing::debug!("tunnel closed for shutdown"),
         }
     }
-    let _ = cw.shutdown().await;
-    let _ = uw.shutdown().await;
+    if !finished {
+        let _ = cw.shutdown().await;
+        let _ = uw.shutdown().await;
+    }
     (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
 }
 

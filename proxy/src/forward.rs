@@ -142,6 +142,10 @@ impl ProxyHttp for Forward {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.group_key = group_key(plan);
         peer.options.connection_timeout = Some(self.shared.limits.connect_timeout);
+        // Each upstream read or write, so a silent upstream cannot hold a
+        // connection forever (504 upstream_timeout).
+        peer.options.read_timeout = Some(self.shared.limits.upstream_idle);
+        peer.options.write_timeout = Some(self.shared.limits.upstream_idle);
         ctx.connect_started = Some(Instant::now());
         ctx.dialed = Some(addr);
         Ok(Box::new(peer))

@@ -25,6 +25,8 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// Upstream TCP connect timeout (per address).
     pub(crate) connect_timeout: Duration,
+    /// A forwarded request's upstream read or write waits at most this long.
+    pub(crate) upstream_idle: Duration,
     /// A tunnel with no byte either way for this long is closed.
     pub(crate) tunnel_idle: Duration,
     /// A tunnel is closed after this long regardless.

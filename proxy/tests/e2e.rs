@@ -840,3 +840,37 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
         "{audit:?}"
     );
 }
+
+#[test]
+fn a_silent_upstream_times_out_with_504() {
+    // An origin that accepts and never answers.
+    let silent = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let held = silent.accept();
+        std::thread::sleep(Duration::from_secs(4));
+        drop(held);
+    });
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy(443),
+        dns.addr,
+        &["--upstream-idle-timeout-secs", "1"],
+    );
+    let started = Instant::now();
+    let r = proxy_request(
+        proxy.listen,
+        "GET",
+        &format!("http://127.0.0.2:{port}/slow"),
+        "",
+    );
+    assert_eq!(
+        (r.status, r.reason()),
+        (504, Some("upstream_timeout")),
+        "{:?}",
+        r.text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    holder.join().unwrap();
+}
