@@ -412,6 +412,28 @@ fn exec_containers_reach_only_the_proxy() {
         );
     }
 
+    // IPv6: the nft rules cover IPv4 only (docs/threat-model-kernel.md);
+    // they rely on Docker leaving exec containers on internal networks
+    // without IPv6, and on the container being unable to turn it on. Prove
+    // both on the live containers, so a daemon that behaves otherwise fails
+    // here instead of leaving an unfiltered path.
+    for c in [a1.as_str(), b1.as_str()] {
+        let out = docker(&[
+            "exec",
+            c,
+            "/bin/sh",
+            "-c",
+            "cat /proc/net/if_inet6 && echo READ; echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo ENABLED",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("READ"), "{c}: cannot read if_inet6: {text}");
+        assert!(
+            !text.lines().any(|l| l.trim_end().ends_with("eth0")),
+            "{c} has an IPv6 address on eth0: {text}"
+        );
+        assert!(!text.contains("ENABLED"), "{c} could enable IPv6: {text}");
+    }
+
     // A new container never gets the proxy's address.
     let probe = format!("cp-e2e-new-{pid}");
     exec(&org_a, &net_a, &probe);
