@@ -291,6 +291,8 @@ impl ProxyHttp for Forward {
                 .request(Verdict::Deny, Reason::InternalError, Method::Other);
             return;
         };
+        plan.handled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let (verdict, reason) = match ctx.failure {
             Some(r) => (Verdict::Deny, r),
             None => (Verdict::Allow, plan.reason),

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -112,6 +113,7 @@ async fn handle_conn(
     let _ = tcp.set_nodelay(true);
     let mut stream = Client::Raw(tcp);
     let eof = Arc::new(EofGate::default());
+    let handled = Arc::new(AtomicBool::new(false));
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
@@ -184,7 +186,11 @@ async fn handle_conn(
             .await;
         }
         if let Some(h) = &head.host {
-            if !host_matches(h, &dest) {
+            // Both the same host and port, and the same bytes as the target's
+            // authority: Pingora refuses any byte difference with a bare 400
+            // (e.g. `Host: EXAMPLE.com` for `http://example.com/`), so the
+            // denial, its reason and its audit line are ours.
+            if !host_matches(h, &dest) || raw_authority(&head.target) != Some(h.as_str()) {
                 return deny(
                     &shared,
                     &mut stream,
@@ -199,6 +205,11 @@ async fn handle_conn(
             Ok(a) => a,
             Err(r) => return deny(&shared, &mut stream, &ctx, r, Some(&dest)).await,
         };
+        handled.store(false, Ordering::Relaxed);
+        let refused = Refused {
+            org: ctx.org.clone(),
+            dest: dest.clone(),
+        };
         let plan = Plan {
             org: ctx.org.take().unwrap_or_default(),
             client,
@@ -209,6 +220,7 @@ async fn handle_conn(
             addrs,
             reason: Reason::ReadPublic,
             started,
+            handled: handled.clone(),
         };
         let mut session = ServerSession::new_http1(stream.into_pingora(&eof));
         session.set_pipelining_enabled(false);
@@ -224,6 +236,9 @@ async fn handle_conn(
         eof.arm(true);
         let reused = Box::pin(proxy.process_new_http(session, &shutdown)).await;
         eof.arm(false);
+        if !handled.load(Ordering::Relaxed) {
+            refused.audit(&shared, client, head.method, started);
+        }
         match reused {
             // The client closed its side: the response is out, we are done.
             Some(_) if eof.seen() => return,
@@ -234,6 +249,40 @@ async fn handle_conn(
             }
             None => return,
         }
+    }
+}
+
+/// What the audit line needs when Pingora refuses a request we had already
+/// decided, before any of our phases ran (its own head parser or authority
+/// check; it answers a plain 400 itself, since the whole head was handed over
+/// and no read can fail). Such a request is still counted and audited as
+/// `malformed_request`.
+struct Refused {
+    org: Option<String>,
+    dest: Destination,
+}
+
+impl Refused {
+    fn audit(self, shared: &SharedRef, client: SocketAddr, method: Method, started: Instant) {
+        tracing::debug!(%client, "Pingora refused a request head we accepted");
+        shared
+            .metrics
+            .request(Verdict::Deny, Reason::MalformedRequest, method);
+        shared.audit.write(&Record {
+            org: self.org,
+            client,
+            method,
+            scheme: Some(self.dest.scheme.as_str()),
+            host: Some(self.dest.host.to_text()),
+            port: Some(self.dest.port),
+            dialed: None,
+            verdict: Verdict::Deny,
+            reason: Reason::MalformedRequest,
+            status: 400,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration: started.elapsed(),
+        });
     }
 }
 
@@ -273,6 +322,14 @@ pub(crate) fn host_matches(value: &str, dest: &Destination) -> bool {
         Ok(h) => h.host == dest.host && h.port == dest.port,
         Err(_) => false,
     }
+}
+
+/// The authority of an absolute-form target, as sent: what follows `://`
+/// up to the path, query or fragment.
+pub(crate) fn raw_authority(target: &str) -> Option<&str> {
+    let (_, rest) = target.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest.get(..end)
 }
 
 /// The Host header sent upstream: the host, with the port unless default.
@@ -376,6 +433,18 @@ mod tests {
             .dest;
         assert!(host_matches("[2001:db8::1]:81", &d));
         assert!(!host_matches("2001:db8::1", &d));
+    }
+
+    #[test]
+    fn raw_authority_is_the_bytes_sent() {
+        assert_eq!(
+            raw_authority("http://Example.COM:80/x?y"),
+            Some("Example.COM:80")
+        );
+        assert_eq!(raw_authority("http://a.example?q"), Some("a.example"));
+        assert_eq!(raw_authority("http://[::1]:81#f"), Some("[::1]:81"));
+        assert_eq!(raw_authority("http://a.example"), Some("a.example"));
+        assert_eq!(raw_authority("/origin-form"), None);
     }
 
     #[test]

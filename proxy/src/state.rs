@@ -77,6 +77,10 @@ pub(crate) struct Plan {
     pub(crate) reason: Reason,
     /// When the head was read.
     pub(crate) started: Instant,
+    /// Set once Pingora ran our phases for this request (it audits it). Left
+    /// unset when Pingora refused the request before any phase; the
+    /// connection loop then audits and counts it.
+    pub(crate) handled: Arc<AtomicBool>,
 }
 
 /// A pointer to the shared state.

@@ -144,6 +144,40 @@ fn protocol_misuse_is_refused() {
     let req = format!("GET {url} HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n");
     let r = send_raw(s.proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
     assert_eq!(r.reason(), Some("host_mismatch"));
+    // The same host and port in other bytes: Pingora would refuse it with a
+    // bare 400; the proxy's own denial carries the reason and an audit line.
+    for (target, host) in [
+        (
+            format!("http://ORIGIN.chokepoint.dev:{port}/case"),
+            format!("origin.chokepoint.dev:{port}"),
+        ),
+        (
+            format!("http://127.0.0.2:{port}/zero"),
+            format!("127.0.0.2:0{port}"),
+        ),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = send_raw(s.proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("host_mismatch")),
+            "{target} / {host}"
+        );
+    }
+    let audit = s.proxy.audit_until(|l| {
+        l.iter()
+            .filter(|l| l.contains("\"reason\":\"host_mismatch\""))
+            .count()
+            >= 3
+    });
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"host_mismatch\""))
+            .count(),
+        3,
+        "{audit:?}"
+    );
     let r = send_raw(
         s.proxy.listen,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
