@@ -98,8 +98,9 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         tunnel_idle: Duration::from_secs(args.tunnel_idle_timeout_secs),
         tunnel_max_lifetime: Duration::from_secs(args.tunnel_max_lifetime_secs),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // The main runtime: admin listener, signals, reload. The proxy itself
+    // runs on `threads` single-threaded runtimes (see `serve`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError::Runtime(format!("cannot start the runtime: {e}")))?;
@@ -125,9 +126,9 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
     let metrics = Metrics::new().map_err(|e| StartError::Runtime(format!("metrics: {e}")))?;
     metrics.policy_generation.set(1);
 
-    // Bind both listeners here, before anything serves: a bind failure is
+    // Bind every listener here, before anything serves: a bind failure is
     // an immediate non-zero exit.
-    let listener = bind(args.listen, "--listen")?;
+    let listeners = runtime.block_on(async { bind_proxy(args.listen, threads) })?;
     let admin = bind(args.admin_listen, "--admin-listen")?;
 
     let shared = Arc::new(Shared {
@@ -141,56 +142,73 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         limits,
         ready: AtomicBool::new(false),
     });
-    let conf = ServerConf {
+    let conf = Arc::new(ServerConf {
         threads,
         ..ServerConf::default()
-    };
-    let proxy = Arc::new(pingora::proxy::http_proxy(
-        &Arc::new(conf),
-        Forward::new(shared.clone()),
-    ));
+    });
+
+    // One single-threaded runtime per worker thread, each with its own
+    // SO_REUSEPORT listener on the same address and its own Pingora proxy
+    // (so its own upstream pool): a connection lives on one thread from
+    // accept to close, with no work stealing and no cross-thread wake-ups.
+    // Measured against one multi-threaded runtime with the same 2 threads:
+    // 25% more forwarded requests/s at 15% less CPU each (bench/README.md).
+    let (tx, rx) = watch::channel(false);
+    let conns = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let local = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .ok_or_else(|| StartError::Runtime("--listen: no listener".into()))?;
+    let mut workers = Vec::with_capacity(listeners.len());
+    for (i, l) in listeners.into_iter().enumerate() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Runtime(format!("cannot start a worker runtime: {e}")))?;
+        // Registered with the worker's own reactor.
+        let listener = rt
+            .block_on(async { tokio::net::TcpListener::from_std(l) })
+            .map_err(|e| StartError::Runtime(format!("--listen: {e}")))?;
+        let proxy = Arc::new(pingora::proxy::http_proxy(
+            &conf,
+            Forward::new(shared.clone()),
+        ));
+        let (shared, rx, conns) = (shared.clone(), rx.clone(), conns.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("proxy-{i}"))
+            .spawn(move || rt.block_on(serve(shared, proxy, listener, rx, conns)))
+            .map_err(|e| StartError::Runtime(format!("cannot start a worker thread: {e}")))?;
+        workers.push(worker);
+    }
 
     let after = shared.clone();
     let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| StartError::Runtime(format!("--listen: {e}")))?;
         let admin = tokio::net::TcpListener::from_std(admin)
             .map_err(|e| StartError::Runtime(format!("--admin-listen: {e}")))?;
-        let (tx, rx) = watch::channel(false);
-        let local = listener
-            .local_addr()
-            .map_err(|e| StartError::Runtime(format!("--listen: {e}")))?;
         let admin_local = admin
             .local_addr()
             .map_err(|e| StartError::Runtime(format!("--admin-listen: {e}")))?;
         tokio::spawn(crate::admin::serve(shared.clone(), admin, rx.clone()));
         tokio::spawn(crate::reload::sighup_loop(shared.clone()));
-        let conns = Arc::new(Semaphore::new(shared.limits.max_connections));
-        let accept = tokio::spawn(crate::server::accept_loop(
-            shared.clone(),
-            proxy,
-            listener,
-            rx,
-            conns,
-            tokio::task::JoinSet::new(),
-        ));
         shared.ready.store(true, Ordering::SeqCst);
         // Tests start the proxy on port 0 and read the ports from this line.
-        tracing::info!(listen = %local, admin = %admin_local, "egress-proxy ready");
+        tracing::info!(listen = %local, admin = %admin_local, threads, "egress-proxy ready");
 
         wait_for_stop().await;
         tracing::info!("draining");
         shared.ready.store(false, Ordering::SeqCst);
         let _ = tx.send(true);
-        if let Ok(mut tasks) = accept.await {
-            let drained = tokio::time::timeout(DRAIN_GRACE, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!("drain grace elapsed; closing remaining connections");
-                tasks.abort_all();
+        // Each worker drains its own connections (bounded by DRAIN_GRACE).
+        let joined = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                if w.join().is_err() {
+                    tracing::error!("a proxy worker thread panicked");
+                }
             }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::error!("cannot wait for the proxy workers");
         }
         Ok(())
     });
@@ -198,6 +216,63 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
     after.audit.flush();
     tracing::info!("stopped");
     served
+}
+
+/// One worker: accept and serve until shutdown, then drain.
+async fn serve(
+    shared: Arc<Shared>,
+    proxy: Arc<crate::server::Proxy>,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    conns: Arc<Semaphore>,
+) {
+    let mut tasks = crate::server::accept_loop(
+        shared,
+        proxy,
+        listener,
+        shutdown,
+        conns,
+        tokio::task::JoinSet::new(),
+    )
+    .await;
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain grace elapsed; closing remaining connections");
+        tasks.abort_all();
+    }
+}
+
+/// Bind `n` listeners on `addr` with SO_REUSEPORT (the first decides the
+/// port when `addr` has port 0), for the worker runtimes. Must run inside a
+/// runtime; returns them deregistered, non-blocking.
+fn bind_proxy(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let fail =
+        |e: std::io::Error| StartError::Runtime(format!("--listen {addr}: cannot bind: {e}"));
+    // SO_REUSEPORT would let this process join a port another process (of
+    // the same user) already listens on with SO_REUSEPORT, and split its
+    // traffic silently. A plain bind first proves the port is free.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(fail)?);
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let socket = match at {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(fail)?;
+        socket.set_reuseaddr(true).map_err(fail)?;
+        socket.set_reuseport(true).map_err(fail)?;
+        socket.bind(at).map_err(fail)?;
+        let listener = socket.listen(1024).map_err(fail)?;
+        at = listener.local_addr().map_err(fail)?;
+        out.push(listener.into_std().map_err(fail)?);
+    }
+    Ok(out)
 }
 
 /// Bind a listening socket now (non-blocking, for tokio).

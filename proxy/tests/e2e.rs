@@ -908,3 +908,27 @@ fn a_silent_upstream_times_out_with_504() {
     assert!(started.elapsed() < Duration::from_secs(4));
     holder.join().unwrap();
 }
+
+#[test]
+fn a_second_proxy_on_a_busy_port_exits_instead_of_sharing_it() {
+    let dns = DnsServer::start();
+    let first = ProxyProcess::start(Path::new(BIN), &policy(443), dns.addr);
+    let dir = std::env::temp_dir().join(format!("chokepoint-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, policy(443)).unwrap();
+    let out = Command::new(BIN)
+        .arg("--policy")
+        .arg(&policy_path)
+        .args(["--listen", &first.listen.to_string()])
+        .args(["--admin-listen", "127.0.0.1:0", "--audit-log", "/dev/null"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot bind"), "{err}");
+    // The first proxy still serves every connection.
+    let r = proxy_request(first.listen, "GET", "http://127.0.0.1:9/", "");
+    assert_eq!(r.reason(), Some("blocked_address"));
+}
