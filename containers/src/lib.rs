@@ -45,9 +45,6 @@ use bollard::query_parameters::CreateContainerOptionsBuilder;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
-    /// The org id is not `[a-z0-9][a-z0-9_-]{0,62}`.
-    #[error("invalid org id: use 1-63 chars of [a-z0-9_-], starting with [a-z0-9]")]
-    BadOrgId,
     /// The data root cannot be canonicalized.
     #[error("data root unusable: {0}")]
     DataRoot(String),

@@ -42,32 +42,9 @@ const SYSTEM_PATHS: &[&str] = &[
     "/var/lib",
 ];
 
-/// A validated organization id: `[a-z0-9][a-z0-9_-]{0,62}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct OrgId(String);
-
-impl OrgId {
-    /// Parse an org id; anything outside `[a-z0-9][a-z0-9_-]{0,62}` is refused.
-    pub fn parse(raw: &str) -> Result<Self, SpecError> {
-        let bytes = raw.as_bytes();
-        let first_ok = bytes
-            .first()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let rest_ok = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
-        if first_ok && rest_ok && bytes.len() <= 63 {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(SpecError::BadOrgId)
-        }
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// The organization id, the policy's own type: `[a-z0-9][a-z0-9_-]{0,62}`,
+/// so it is safe as one path component (no `/`, no `.`, no `..`).
+pub use netpolicy::OrgId;
 
 /// Resource limits of one exec container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,10 +40,7 @@ fn org_ids() {
         "a\0",
         ".",
     ] {
-        assert!(
-            matches!(OrgId::parse(bad), Err(SpecError::BadOrgId)),
-            "{bad:?}"
-        );
+        assert!(OrgId::parse(bad).is_err(), "{bad:?}");
     }
 }
 
