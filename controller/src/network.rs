@@ -64,6 +64,10 @@ pub struct OrgNetwork {
     pub proxy: Ipv4Addr,
     /// Where Docker places containers (`.128/25`).
     pub ip_range: Ipv4Net,
+    /// The Linux bridge Docker creates for it (`cp-` and the subnet's first
+    /// three octets in hex, e.g. `cp-0af001` for 10.240.1.0/24), set with
+    /// `com.docker.network.bridge.name` so the firewall can name it.
+    pub bridge: String,
 }
 
 impl OrgNetwork {
@@ -73,6 +77,7 @@ impl OrgNetwork {
             org: self.org.clone(),
             subnet: self.subnet,
             proxy: self.proxy,
+            bridge: self.bridge.clone(),
         }
     }
 }
@@ -96,13 +101,18 @@ pub fn plan(orgs: &[String], base: Ipv4Net) -> Result<Vec<OrgNetwork>, NetworkEr
                 subnet,
                 proxy: Ipv4Addr::from(net + 2),
                 ip_range,
+                bridge: format!("cp-{:06x}", net >> 8),
             })
         })
         .collect()
 }
 
-fn options() -> HashMap<String, String> {
+fn options(n: &OrgNetwork) -> HashMap<String, String> {
     HashMap::from([
+        (
+            "com.docker.network.bridge.name".to_owned(),
+            n.bridge.clone(),
+        ),
         (
             "com.docker.network.bridge.enable_icc".to_owned(),
             "false".to_owned(),
@@ -128,7 +138,7 @@ pub async fn ensure_network(docker: &Docker, n: &OrgNetwork) -> Result<bool, Net
                 diffs.push("not internal".to_owned());
             }
             let opts = existing.options.unwrap_or_default();
-            for (k, v) in options() {
+            for (k, v) in options(n) {
                 if opts.get(&k) != Some(&v) {
                     diffs.push(format!("{k} != {v}"));
                 }
@@ -173,7 +183,7 @@ pub async fn ensure_network(docker: &Docker, n: &OrgNetwork) -> Result<bool, Net
                         }]),
                         options: None,
                     }),
-                    options: Some(options()),
+                    options: Some(options(n)),
                     labels: Some(HashMap::from([
                         (MANAGED_LABEL.to_owned(), "true".to_owned()),
                         (ORG_LABEL.to_owned(), n.org.clone()),
@@ -382,6 +392,8 @@ mod tests {
         assert_eq!(p[1].subnet.to_string(), "10.231.1.0/24");
         assert_eq!(p[1].proxy.to_string(), "10.231.1.2");
         assert_eq!(p[1].ip_range.to_string(), "10.231.1.128/25");
+        assert_eq!(p[1].bridge, "cp-0ae701");
+        assert!(p.iter().all(|n| n.bridge.len() <= 15)); // IFNAMSIZ - 1
         for n in &p {
             assert!(!n.ip_range.contains(&n.proxy));
             assert!(n.subnet.contains(&n.proxy));

@@ -291,9 +291,25 @@ fn exec_containers_reach_only_the_proxy() {
         "\"com.docker.network.bridge.enable_icc\": \"false\"",
         "\"com.docker.network.bridge.inhibit_ipv4\": \"true\"",
         "10.240.0.128/25",
+        "\"com.docker.network.bridge.name\": \"cp-0af000\"",
     ] {
         assert!(inspect.contains(needle), "{net_a} lacks {needle}");
     }
+    // The bridge the IPv6 rules name is the one Docker made.
+    let link = std::process::Command::new("ip")
+        .args(["link", "show", "cp-0af000"])
+        .output()
+        .unwrap();
+    assert!(link.status.success(), "no bridge cp-0af000 on the host");
+    let inet = std::process::Command::new("nft")
+        .args(["list", "table", "inet", "chokepoint"])
+        .output()
+        .unwrap();
+    let inet = String::from_utf8_lossy(&inet.stdout);
+    assert!(
+        inet.contains("iifname \"cp-0af000\" meta nfproto ipv6 drop"),
+        "{inet}"
+    );
 
     // Exec containers, hardened, on their org's network only.
     let data_root = tmp.join("orgs");

@@ -17,6 +17,14 @@
 //!   br_netfilter is not loaded (Docker >= 27.3 loads it lazily) — bridged
 //!   frames never reach the inet hooks without it.
 //!
+//! IPv6: the `inet` table drops IPv6 whose input or output interface is an
+//! exec network's bridge (the network is created with a fixed bridge name),
+//! so no IPv6 reaches the host or is routed; with br_netfilter that covers
+//! bridged IPv6 as well. The `bridge` table cannot name a bridge on kernels
+//! without CONFIG_NFT_BRIDGE_META, so without br_netfilter bridged IPv6
+//! relies on Docker keeping IPv6 off exec containers (proven in the Docker
+//! end-to-end test).
+//!
 //! In both, the only traffic an exec subnet may send is TCP to
 //! `proxy_ip:proxy_port`, and the only traffic it may receive is the proxy's
 //! replies from that port. Everything else from or to an exec subnet is
@@ -32,7 +40,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Drop as NfDrop, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -51,6 +59,9 @@ pub struct ExecNet {
     pub subnet: Ipv4Net,
     /// The proxy's fixed address on that network.
     pub proxy: Ipv4Addr,
+    /// The Linux bridge of that network (IPv6 through it is dropped in the
+    /// `inet` table, see [`ipv6_rules`]).
+    pub bridge: String,
 }
 
 /// What the rules must enforce.
@@ -113,11 +124,47 @@ fn drop_() -> Statement<'static> {
     Statement::Drop(Some(NfDrop {}))
 }
 
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn text(s: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(s.to_owned()))
+}
+
+/// The rules that drop IPv6 to and from an exec bridge in the `inet`
+/// table: IPv6 from an exec network to the host or routed anywhere, and,
+/// when br_netfilter passes bridged IPv6 to the inet hooks, between the
+/// bridge's ports too. The `bridge` table gets none: naming a bridge there
+/// needs `meta ibrname` (CONFIG_NFT_BRIDGE_META), which kernels may lack
+/// (this project's CI kernel does), so bridged IPv6 without br_netfilter is
+/// left to Docker (docs/threat-model-kernel.md).
+fn ipv6_rules(n: &ExecNet, family: NfFamily, forward: bool) -> Vec<Vec<Statement<'static>>> {
+    if family != NfFamily::INet {
+        return Vec::new();
+    }
+    let bridge = || text(&n.bridge);
+    let mut rules = vec![vec![
+        eq(meta(MetaKey::Iifname), bridge()),
+        eq(meta(MetaKey::Nfproto), text("ipv6")),
+        drop_(),
+    ]];
+    if forward {
+        rules.push(vec![
+            eq(meta(MetaKey::Oifname), bridge()),
+            eq(meta(MetaKey::Nfproto), text("ipv6")),
+            drop_(),
+        ]);
+    }
+    rules
+}
+
 /// The rule bodies (statement lists) of one chain, for one family.
-fn chain_rules(plan: &Plan, forward: bool) -> Vec<Vec<Statement<'static>>> {
+fn chain_rules(plan: &Plan, family: NfFamily, forward: bool) -> Vec<Vec<Statement<'static>>> {
     let mut rules = Vec::new();
     let port = u32::from(plan.proxy_port);
     for n in &plan.nets {
+        rules.extend(ipv6_rules(n, family, forward));
         if forward {
             // exec -> proxy:port (bridged, or routed where the proxy is on
             // another segment).
@@ -180,7 +227,7 @@ pub fn render(plan: &Plan) -> Result<Nftables<'static>, FirewallError> {
                 policy: Some(NfChainPolicy::Accept),
                 ..Chain::default()
             }));
-            for expr in chain_rules(plan, forward) {
+            for expr in chain_rules(plan, family, forward) {
                 batch.add(NfListObject::Rule(Rule {
                     family,
                     table: Cow::Borrowed(TABLE),
@@ -278,7 +325,7 @@ impl Firewall {
 
 /// The number of rules `render` puts in each table, for status output.
 pub fn rules_per_table(plan: &Plan) -> usize {
-    chain_rules(plan, true).len() + chain_rules(plan, false).len()
+    chain_rules(plan, NfFamily::INet, true).len() + chain_rules(plan, NfFamily::INet, false).len()
 }
 
 #[cfg(test)]
@@ -292,11 +339,13 @@ mod tests {
                     org: "acme".into(),
                     subnet: "10.231.1.0/24".parse().unwrap(),
                     proxy: "10.231.1.2".parse().unwrap(),
+                    bridge: "cp-0ae701".into(),
                 },
                 ExecNet {
                     org: "globex".into(),
                     subnet: "10.231.2.0/24".parse().unwrap(),
                     proxy: "10.231.2.2".parse().unwrap(),
+                    bridge: "cp-0ae702".into(),
                 },
             ],
             proxy_port: 3128,
