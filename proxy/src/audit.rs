@@ -147,8 +147,7 @@ impl AuditLog {
 
 /// The writer thread: every interval (or when woken) take the queue, write
 /// it through one buffer and flush. Runs for the life of the process.
-fn writer(out: Box<dyn Write + Send>, inner: &Inner) {
-    let mut out = out;
+fn writer(mut out: Box<dyn Write + Send>, inner: &Inner) {
     let mut failed = false;
     let mut batch = Vec::new();
     loop {

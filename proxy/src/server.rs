@@ -206,10 +206,6 @@ async fn handle_conn(
             Err(r) => return deny(&shared, &mut stream, &ctx, r, Some(&dest)).await,
         };
         handled.store(false, Ordering::Relaxed);
-        let refused = Refused {
-            org: ctx.org.clone(),
-            dest: dest.clone(),
-        };
         let plan = Plan {
             org: ctx.org.take().unwrap_or_default(),
             client,
@@ -237,7 +233,18 @@ async fn handle_conn(
         let reused = Box::pin(proxy.process_new_http(session, &shutdown)).await;
         eof.arm(false);
         if !handled.load(Ordering::Relaxed) {
-            refused.audit(&shared, client, head.method, started);
+            // Pingora refused a head we had accepted, before any of our
+            // phases ran (its own parser or authority checks; it answers a
+            // plain 400 itself, since the whole head was handed over and no
+            // read can fail). It is still counted and audited, rebuilt from
+            // the same policy snapshot and head rather than copied on every
+            // request for this rare case.
+            tracing::debug!(%client, "Pingora refused a request head we accepted");
+            ctx.org = policy
+                .org_for_client(client.ip())
+                .map(|o| o.as_str().to_owned());
+            let dest = Destination::parse_url(&head.target).ok().map(|p| p.dest);
+            count_denial(&shared, &ctx, Reason::MalformedRequest, 400, dest.as_ref());
         }
         match reused {
             // The client closed its side: the response is out, we are done.
@@ -249,40 +256,6 @@ async fn handle_conn(
             }
             None => return,
         }
-    }
-}
-
-/// What the audit line needs when Pingora refuses a request we had already
-/// decided, before any of our phases ran (its own head parser or authority
-/// check; it answers a plain 400 itself, since the whole head was handed over
-/// and no read can fail). Such a request is still counted and audited as
-/// `malformed_request`.
-struct Refused {
-    org: Option<String>,
-    dest: Destination,
-}
-
-impl Refused {
-    fn audit(self, shared: &SharedRef, client: SocketAddr, method: Method, started: Instant) {
-        tracing::debug!(%client, "Pingora refused a request head we accepted");
-        shared
-            .metrics
-            .request(Verdict::Deny, Reason::MalformedRequest, method);
-        shared.audit.write(&Record {
-            org: self.org,
-            client,
-            method,
-            scheme: Some(self.dest.scheme.as_str()),
-            host: Some(self.dest.host.to_text()),
-            port: Some(self.dest.port),
-            dialed: None,
-            verdict: Verdict::Deny,
-            reason: Reason::MalformedRequest,
-            status: 400,
-            bytes_up: 0,
-            bytes_down: 0,
-            duration: started.elapsed(),
-        });
     }
 }
 
@@ -369,6 +342,18 @@ pub(crate) async fn deny<S>(
     let d = crate::deny::deny(reason, ctx.method, authority.as_deref());
     let _ = stream.write_all(&d.to_bytes()).await;
     let _ = stream.flush().await;
+    count_denial(shared, ctx, reason, d.status, dest);
+    linger_close(stream).await;
+}
+
+/// Count and audit one denial.
+fn count_denial(
+    shared: &SharedRef,
+    ctx: &Ctx,
+    reason: Reason,
+    status: u16,
+    dest: Option<&Destination>,
+) {
     shared.metrics.request(Verdict::Deny, reason, ctx.method);
     shared.audit.write(&Record {
         org: ctx.org.clone(),
@@ -386,12 +371,11 @@ pub(crate) async fn deny<S>(
         dialed: None,
         verdict: Verdict::Deny,
         reason,
-        status: d.status,
+        status,
         bytes_up: 0,
         bytes_down: 0,
         duration: ctx.started.elapsed(),
     });
-    linger_close(stream).await;
 }
 
 /// Half-close, then read and drop what the client still sends (bounded in

@@ -120,9 +120,9 @@ impl ProxyProcess {
     }
 
     /// The audit log's lines once `done` holds for them (lines are written by
-    /// a background thread, a moment after the response); at most 10 s.
-    pub fn audit_until(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// a background thread, a moment after the response), or after `wait`.
+    pub fn audit_until(&self, wait: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + wait;
         loop {
             let lines = self.audit();
             if done(&lines) || std::time::Instant::now() > deadline {
