@@ -132,7 +132,11 @@ pub fn run_status(args: &Args) -> ExitCode {
         }
         out
     });
-    let expected_rules = crate::firewall::rules_per_table(&firewall_plan(&cfg, &nets));
+    let expected_rules: serde_json::Map<String, serde_json::Value> =
+        crate::firewall::rules_per_table(&firewall_plan(&cfg, &nets))
+            .into_iter()
+            .map(|(table, n)| (table.to_owned(), n.into()))
+            .collect();
     let mut lines = lines;
     lines.push(
         serde_json::json!({

@@ -323,9 +323,15 @@ impl Firewall {
     }
 }
 
-/// The number of rules `render` puts in each table, for status output.
-pub fn rules_per_table(plan: &Plan) -> usize {
-    chain_rules(plan, NfFamily::INet, true).len() + chain_rules(plan, NfFamily::INet, false).len()
+/// The number of rules `render` puts in each table (`inet`, `bridge`), for
+/// status output; the tables differ (IPv6 rules are `inet` only).
+pub fn rules_per_table(plan: &Plan) -> [(&'static str, usize); 2] {
+    let count =
+        |family| chain_rules(plan, family, true).len() + chain_rules(plan, family, false).len();
+    [
+        ("inet", count(NfFamily::INet)),
+        ("bridge", count(NfFamily::Bridge)),
+    ]
 }
 
 #[cfg(test)]
