@@ -30,8 +30,9 @@ trap cleanup EXIT
 ulimit -n 8192 || true
 
 echo "building egress-proxy (release)..." >&2
-cargo build --release -q -p egress-proxy
+cargo build --release -q -p egress-proxy -p chokepoint-bench
 PROXY_BIN=$ROOT/target/release/egress-proxy
+LOAD=$ROOT/target/release/tunnel-load
 TOOLS=$ROOT/bench/tools.py
 
 # --- origin ---------------------------------------------------------------
@@ -40,7 +41,7 @@ head -c 1024 /dev/zero | tr '\0' 'a' > "$TMP/www/small"
 head -c $((200 * 1024 * 1024)) /dev/zero > "$TMP/www/big"
 chmod -R a+rX "$TMP/www"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj /CN=repo.chokepoint.dev -addext subjectAltName=DNS:repo.chokepoint.dev \
+    -subj /CN=repo.chokepoint.dev -addext subjectAltName=DNS:repo.chokepoint.dev -addext basicConstraints=critical,CA:FALSE \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 chmod 644 "$TMP/key.pem"
 cat > "$TMP/nginx.conf" <<EOF
@@ -150,6 +151,14 @@ RESULTS=$TMP/results
 : > "$RESULTS"
 # One line per proxy per round:
 # round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
+# New TLS connections (full handshakes) through CONNECT or direct; prints
+# "count rate_per_s median_setup_ms". A failed connection stops the bench.
+tunnels() {
+    local out
+    out=$(RUST_BACKTRACE=0 "$LOAD" --sni repo.chokepoint.dev --ca "$TMP/cert.pem" "$@") || {
+        echo "tunnel-load $* failed" >&2; exit 1; }
+    echo "$out"
+}
 measure() { # round name pid proxy_url connect_target
     local round=$1 name=$2 pid=$3 url=$4 target=$5
     echo "round $round: $name..." >&2
@@ -162,10 +171,11 @@ measure() { # round name pid proxy_url connect_target
     [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
     bulk=$(bulk -p -x "$url" "${resolve[@]}")
     c0=$(cpu_ticks "$pid")
-    read -r n tps _ <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
+    read -r n tps _ <<<"$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)"
     c1=$(cpu_ticks "$pid")
     cputun=$(awk -v d=$((c1 - c0)) -v n="$n" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
-    read -r _ _ setup <<<"$(python3 "$TOOLS" tunnels "${url#http://}" "$target" repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
+    read -r _ _ setup <<<"$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency 1 --max 3000 --seconds 3)"
+    [ -n "$tps" ] && [ -n "$setup" ] || exit 1
     idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
     hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
     echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
@@ -175,13 +185,15 @@ measure_direct() { # round
     local rps p50 p99 bulk tps setup
     read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
     bulk=$(bulk --resolve repo.chokepoint.dev:18443:127.0.0.3)
-    read -r _ tps _ <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 20000 6 "$TMP/cert.pem" "$TUNNEL_WORKERS")"
-    read -r _ _ setup <<<"$(python3 "$TOOLS" direct-tls 127.0.0.3:18443 repo.chokepoint.dev 1000 3 "$TMP/cert.pem" 1)"
+    read -r _ tps _ <<<"$(tunnels --addr 127.0.0.3:18443 --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)"
+    read -r _ _ setup <<<"$(tunnels --addr 127.0.0.3:18443 --concurrency 1 --max 3000 --seconds 3)"
+    [ -n "$tps" ] && [ -n "$setup" ] || exit 1
     echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
 }
 
-# Tunnel clients: several processes, so the Python client is not the bottleneck.
-TUNNEL_WORKERS=${TUNNEL_WORKERS:-4}
+# New TLS connections in flight at once (one client thread): enough to keep
+# every proxy busy on 2 cores (8 leaves them partly idle, 32 adds nothing).
+TUNNEL_CONCURRENCY=${TUNNEL_CONCURRENCY:-16}
 for round in $(seq "$ROUNDS"); do
     measure_direct "$round"
     measure "$round" egress-proxy "$EGRESS_PID" http://127.0.0.1:13128 repo.chokepoint.dev:18443

@@ -2,22 +2,13 @@
 """Helpers for bench/proxy-bench.sh (loopback only, every loop bounded).
 
   tools.py dns PORT IP              answer every A query with IP (UDP, 127.0.0.1)
-  tools.py tunnels PROXY TARGET HOST N SECONDS CAFILE [WORKERS]
-                                    open CONNECT+TLS tunnels, each worker
-                                    process one after another (at most N in
-                                    all, at most SECONDS); print
-                                    "count rate_per_s median_setup_ms"
-  tools.py direct-tls HOSTPORT HOST N SECONDS CAFILE [WORKERS]
-                                    the same without a proxy (TLS handshakes)
   tools.py report RESULTS           medians per proxy of the bench's result
                                     lines, the table and the targets
   tools.py idle PROXY TARGET N PID  hold N idle CONNECT tunnels, print the
                                     proxy's VmRSS/VmHWM in KiB, then close
 """
-import multiprocessing
 import socket
 import statistics
-import ssl
 import struct
 import sys
 import time
@@ -63,38 +54,6 @@ def connect(proxy, target):
     if not buf.startswith(b"HTTP/1.1 200") and not buf.startswith(b"HTTP/1.0 200"):
         raise OSError(buf.split(b"\r\n")[0].decode(errors="replace"))
     return s
-
-
-def tunnel_loop(proxy, target, host, n, deadline, cafile, direct):
-    """One worker: sequential tunnels until n or the deadline."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    setups = []
-    while len(setups) < n and time.time() < deadline:
-        t0 = time.perf_counter()
-        if direct:
-            h, p = target.rsplit(":", 1)
-            raw = socket.create_connection((h, int(p)), timeout=5)
-        else:
-            raw = connect(proxy, target)
-        tls = ctx.wrap_socket(raw, server_hostname=host)
-        setups.append((time.perf_counter() - t0) * 1000)
-        tls.close()
-    return setups
-
-
-def tunnels(proxy, target, host, n, seconds, cafile, workers="1", direct=False):
-    n, seconds, workers = int(n), float(seconds), int(workers)
-    start = time.time()
-    args = (proxy, target, host, max(1, n // workers), start + seconds, cafile, direct)
-    if workers == 1:
-        setups = tunnel_loop(*args)
-    else:
-        with multiprocessing.Pool(workers) as pool:
-            parts = pool.starmap(tunnel_loop, [args] * workers)
-        setups = [s for part in parts for s in part]
-    elapsed = time.time() - start
-    setups.sort()
-    print(f"{len(setups)} {len(setups) / elapsed:.1f} {setups[len(setups) // 2]:.3f}")
 
 
 def idle(proxy, target, n, pid):
@@ -190,6 +149,8 @@ def report(path):
         ("tunnels/s vs direct", ratio(e, "direct", "tunnels/s")),
         ("squid req/s vs direct", ratio("squid", "direct", "req/s")),
         ("squid tunnels/s vs direct", ratio("squid", "direct", "tunnels/s")),
+        ("CPU per request vs squid", ratio(e, "squid", "CPU us/req")),
+        ("CPU per tunnel vs squid", ratio(e, "squid", "CPU us/tun")),
     ]:
         if m is not None:
             print(f"  {what:<28} {m:>7.2f}x    [{lo:.2f}..{hi:.2f}]")
@@ -199,11 +160,6 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "dns":
         dns(*args)
-    elif cmd == "tunnels":
-        tunnels(*args)
-    elif cmd == "direct-tls":
-        hostport, host, n, seconds, cafile, *workers = args
-        tunnels(None, hostport, host, n, seconds, cafile, *workers, direct=True)
     elif cmd == "report":
         report(*args)
     elif cmd == "idle":
