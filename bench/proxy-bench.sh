@@ -157,17 +157,16 @@ RESULTS=$TMP/results
 # One line per proxy per round:
 # round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
 # New TLS connections (full handshakes) through CONNECT or direct; prints
-# "count rate_per_s median_setup_ms". A failed connection stops the bench.
+# "count rate_per_s median_setup_ms". Callers assign its output (`out=$(...)`)
+# so that a failed connection stops the bench (set -e).
 tunnels() {
-    local out
-    out=$(RUST_BACKTRACE=0 "$LOAD" --sni repo.chokepoint.dev --ca "$TMP/cert.pem" "$@") || {
-        echo "tunnel-load $* failed" >&2; exit 1; }
-    echo "$out"
+    RUST_BACKTRACE=0 "$LOAD" --sni repo.chokepoint.dev --ca "$TMP/cert.pem" "$@" || {
+        echo "tunnel-load $* failed" >&2; return 1; }
 }
 measure() { # round name pid proxy_url connect_target
     local round=$1 name=$2 pid=$3 url=$4 target=$5
     echo "round $round: $name..." >&2
-    local c0 c1 r rps p50 p99 reqs bulk n tps setup cpureq cputun idle hwm
+    local c0 c1 r out rps p50 p99 reqs bulk n tps setup cpureq cputun idle hwm
     c0=$(cpu_ticks "$pid")
     read -r rps p50 p99 reqs <<<"$(run_wrk -s "$TMP/abs.lua" "$url")"
     c1=$(cpu_ticks "$pid")
@@ -176,23 +175,25 @@ measure() { # round name pid proxy_url connect_target
     [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
     bulk=$(bulk -p -x "$url" "${resolve[@]}")
     c0=$(cpu_ticks "$pid")
-    read -r n tps _ <<<"$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)"
+    out=$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)
     c1=$(cpu_ticks "$pid")
+    read -r n tps _ <<<"$out"
     cputun=$(awk -v d=$((c1 - c0)) -v n="$n" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
-    read -r _ _ setup <<<"$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency 1 --max 3000 --seconds 3)"
-    [ -n "$tps" ] && [ -n "$setup" ] || exit 1
+    out=$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency 1 --max 3000 --seconds 3)
+    read -r _ _ setup <<<"$out"
     idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
     hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
     echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
 }
 measure_direct() { # round
     echo "round $1: direct..." >&2
-    local rps p50 p99 bulk tps setup
+    local out rps p50 p99 bulk tps setup
     read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
     bulk=$(bulk --resolve repo.chokepoint.dev:18443:127.0.0.3)
-    read -r _ tps _ <<<"$(tunnels --addr 127.0.0.3:18443 --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)"
-    read -r _ _ setup <<<"$(tunnels --addr 127.0.0.3:18443 --concurrency 1 --max 3000 --seconds 3)"
-    [ -n "$tps" ] && [ -n "$setup" ] || exit 1
+    out=$(tunnels --addr 127.0.0.3:18443 --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)
+    read -r _ tps _ <<<"$out"
+    out=$(tunnels --addr 127.0.0.3:18443 --concurrency 1 --max 3000 --seconds 3)
+    read -r _ _ setup <<<"$out"
     echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
 }
 

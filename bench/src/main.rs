@@ -85,9 +85,10 @@ async fn run(args: &Args) -> anyhow::Result<(usize, Duration, Vec<Duration>)> {
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
-    let per_loop = args.max.div_ceil(args.concurrency.max(1));
+    let loops = args.concurrency.max(1);
+    let per_loop = args.max.div_ceil(loops);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
+    for _ in 0..loops {
         let (connector, sni) = (connector.clone(), sni.clone());
         let (addr, connect_to) = (args.addr, args.connect_to.clone());
         set.spawn(async move {

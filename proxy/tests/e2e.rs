@@ -164,20 +164,16 @@ fn protocol_misuse_is_refused() {
             "{target} / {host}"
         );
     }
-    let audit = s.proxy.audit_until(Duration::from_secs(10), |l| {
-        l.iter()
-            .filter(|l| l.contains("\"reason\":\"host_mismatch\""))
-            .count()
-            >= 3
-    });
-    assert_eq!(
-        audit
+    let mismatches = |lines: &[String]| {
+        lines
             .iter()
             .filter(|l| l.contains("\"reason\":\"host_mismatch\""))
-            .count(),
-        3,
-        "{audit:?}"
-    );
+            .count()
+    };
+    let audit = s
+        .proxy
+        .audit_until(Duration::from_secs(10), |l| mismatches(l) >= 3);
+    assert_eq!(mismatches(&audit), 3, "{audit:?}");
     let r = send_raw(
         s.proxy.listen,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
