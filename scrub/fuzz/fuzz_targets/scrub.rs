@@ -3,7 +3,7 @@
 //! same output as one shot; a live value given to the scrubber never
 //! survives; JSON output stays valid JSON.
 //!
-//! Run (nightly): `cargo +nightly fuzz run scrub` in netpolicy/scrub/fuzz.
+//! Run (nightly): `cargo +nightly fuzz run scrub` in scrub/fuzz.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
