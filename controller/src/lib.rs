@@ -7,3 +7,4 @@ pub mod cli;
 pub mod firewall;
 pub mod network;
 pub mod reconcile;
+pub mod supervise;

@@ -391,6 +391,28 @@ impl Org {
             }
         }
     }
+
+    /// Whether `host` is one of the hosts of this org's integration `name`
+    /// (exact, or below a `*.suffix` pattern); false for an unknown name.
+    /// The worker sends a credential only where this holds.
+    pub fn integration_has_host(&self, name: &str, host: &Host) -> bool {
+        let Some(patterns) = self.integrations.get(name) else {
+            return false;
+        };
+        let text = match host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(n) => n.clone(),
+        };
+        patterns.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => {
+                matches!(host, Host::Name(_))
+                    && text
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+            }
+            None => *p == text,
+        })
+    }
 }
 
 /// A validated policy.

@@ -74,6 +74,24 @@ pub enum Reason {
     RedirectNotFollowed,
     /// An internal error in a check: fail closed.
     InternalError,
+
+    // ----- deny: worker (API and credential broker) -----
+    /// A worker API call without the right service token.
+    Unauthorized,
+    /// The run does not exist, ended or expired.
+    UnknownRun,
+    /// An integration that the org does not have in the policy.
+    UnknownIntegration,
+    /// A credential handle that is unknown, expired, revoked or bound to
+    /// another run or org (one answer for all: no oracle).
+    InvalidHandle,
+    /// A credential used on a host that is not one of its integration's hosts.
+    CredentialHostMismatch,
+    /// The stored credential cannot be used (it does not decrypt, or it
+    /// cannot travel in a header).
+    InvalidCredential,
+    /// A request or response body over the worker's size limit.
+    RequestTooLarge,
 }
 
 impl Reason {
@@ -107,6 +125,13 @@ impl Reason {
         Reason::Overloaded,
         Reason::RedirectNotFollowed,
         Reason::InternalError,
+        Reason::Unauthorized,
+        Reason::UnknownRun,
+        Reason::UnknownIntegration,
+        Reason::InvalidHandle,
+        Reason::CredentialHostMismatch,
+        Reason::InvalidCredential,
+        Reason::RequestTooLarge,
     ];
 
     /// The stable snake_case name.
@@ -140,6 +165,13 @@ impl Reason {
             Reason::Overloaded => "overloaded",
             Reason::RedirectNotFollowed => "redirect_not_followed",
             Reason::InternalError => "internal_error",
+            Reason::Unauthorized => "unauthorized",
+            Reason::UnknownRun => "unknown_run",
+            Reason::UnknownIntegration => "unknown_integration",
+            Reason::InvalidHandle => "invalid_handle",
+            Reason::CredentialHostMismatch => "credential_host_mismatch",
+            Reason::InvalidCredential => "invalid_credential",
+            Reason::RequestTooLarge => "request_too_large",
         }
     }
 
@@ -209,6 +241,23 @@ impl Reason {
             Reason::Overloaded => "the proxy is at its connection limit; retry later",
             Reason::RedirectNotFollowed => "redirects are not followed for writes",
             Reason::InternalError => "an internal check failed, so the request was denied",
+            Reason::Unauthorized => "the worker API needs `Authorization: Bearer <service token>`",
+            Reason::UnknownRun => {
+                "the run does not exist, has ended or has expired; start a new run"
+            }
+            Reason::UnknownIntegration => {
+                "the org has no such integration in the egress policy; ask an operator to add it"
+            }
+            Reason::InvalidHandle => {
+                "the credential handle is not valid for this run; use a handle returned when this run started"
+            }
+            Reason::CredentialHostMismatch => {
+                "a credential is sent only to its integration's hosts; use the handle of the integration that owns this host"
+            }
+            Reason::InvalidCredential => {
+                "the stored credential cannot be used; ask an operator to add it again"
+            }
+            Reason::RequestTooLarge => "the body is over the worker's 10 MiB limit",
         }
     }
 }

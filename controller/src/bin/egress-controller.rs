@@ -4,7 +4,12 @@
 //! `--once` runs one pass and exits (0, or 1 with the failing step); without
 //! it, a pass runs at start, on every Docker network/container event, and on
 //! a timer. Bad configuration exits 64.
+//!
+//! `egress-controller worker …` runs the worker instead (see `worker::cli`).
+//! With `--worker`, the daemon starts that worker as a supervised child with
+//! its own uid and no capabilities (see `controller::supervise`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +50,28 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Start `egress-controller worker --policy <this policy>` as a
+    /// supervised child (own uid, no capabilities), restarted when it dies.
+    #[arg(long)]
+    worker: bool,
+    /// The worker's `UID:GID` (never 0).
+    #[arg(long, default_value = "65534:65534")]
+    worker_user: String,
+    /// One more argument for the worker (repeatable), e.g.
+    /// `--worker-arg=--store=sqlite:/var/lib/chokepoint/worker.db`.
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    worker_arg: Vec<OsString>,
+}
+
+/// `UID:GID`, both non-zero for the uid.
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(u), Ok(g)) if u != 0 => Ok((u, g)),
+        _ => Err(format!(
+            "invalid --worker-user `{s}`: write a non-root `UID:GID`, like `65534:65534`"
+        )),
+    }
 }
 
 fn config(a: &Args) -> Config {
@@ -60,9 +87,16 @@ fn config(a: &Args) -> Config {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
+        return worker::cli::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let cfg = config(&args);
     if let Err(e) = controller::reconcile::planned_networks(&cfg) {
+        let _ = writeln_err(&format!("egress-controller: {e}"));
+        return ExitCode::from(64);
+    }
+    if let Err(e) = parse_user(&args.worker_user) {
         let _ = writeln_err(&format!("egress-controller: {e}"));
         return ExitCode::from(64);
     }
@@ -93,6 +127,27 @@ fn writeln_out(msg: &str) -> std::io::Result<()> {
 }
 
 async fn run(args: Args, cfg: Config) -> ExitCode {
+    if args.worker && !args.once {
+        let (uid, gid) = parse_user(&args.worker_user).unwrap_or((65534, 65534));
+        let mut wargs = vec![
+            OsString::from("--policy"),
+            args.policy.clone().into_os_string(),
+        ];
+        wargs.extend(args.worker_arg.iter().cloned());
+        match controller::supervise::WorkerSpec::from_current(uid, gid, wargs) {
+            Ok(spec) => {
+                tokio::spawn(async move {
+                    if let Err(e) = controller::supervise::supervise(spec).await {
+                        let _ = writeln_err(&format!("egress-controller: worker: {e}"));
+                    }
+                });
+            }
+            Err(e) => {
+                let _ = writeln_err(&format!("egress-controller: worker: {e}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let docker = match containers::connect().await {
         Ok(d) => d,
         Err(e) => {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod check;
+pub mod credential;
 pub mod image;
 pub mod policy;
 pub mod reconcile;
@@ -34,6 +35,8 @@ pub enum Command {
     Status(reconcile::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
+    /// Manage the worker's encrypted credentials (add, list, remove, rotate-key).
+    Credential(credential::Args),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ impl Cli {
             Command::Reconcile(args) => reconcile::run_reconcile(&args),
             Command::Status(args) => reconcile::run_status(&args),
             Command::Scrub(args) => scrub::run(&args),
+            Command::Credential(args) => credential::run(&args),
         }
     }
 }

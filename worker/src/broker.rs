@@ -1,0 +1,272 @@
+//! The credential broker: runs and their handles.
+//!
+//! A run is started for one org with a subset of its integrations (its write
+//! set). For each of those integrations that has a stored credential, the
+//! broker draws 256 bits from the OS CSPRNG, formats them as a `cph_` handle
+//! ([`scrub::handle`], so every scrubber recognizes it) and stores only the
+//! handle's keyed hash, bound to the run, the org and the credential. The
+//! handle goes to the caller once and is never stored or logged.
+//!
+//! A handle resolves only while its run is alive (not deleted, not past its
+//! deadline), only for that run, and only for that org. Every failure is the
+//! same [`Reason::InvalidHandle`]: no oracle.
+//!
+//! Must never: store, log or return a handle after creating it; tell apart
+//! the reasons a handle was refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use netpolicy::{Policy, Reason};
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+
+use crate::credential::{HeaderTemplate, new_id, open_token};
+use crate::crypto::Keyring;
+use crate::store::{HandleRecord, RunRecord, Store};
+
+/// Longest run TTL a caller may ask for (and renewals extend by the TTL).
+pub const MAX_TTL_SECS: i64 = 24 * 3600;
+/// TTL when the caller gives none.
+pub const DEFAULT_TTL_SECS: i64 = 600;
+/// Tool requests one run may have in flight.
+pub const RUN_CONCURRENCY: usize = 8;
+
+/// A credential ready to inject: the header and the token, in memory only.
+pub struct Injection {
+    /// The integration it belongs to.
+    pub integration: String,
+    /// The header template.
+    pub template: HeaderTemplate,
+    /// The token.
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("integration", &self.integration)
+            .field("header", &self.template.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started run as returned to the caller.
+#[derive(Debug)]
+pub struct StartedRun {
+    /// The run.
+    pub run: RunRecord,
+    /// Integration → handle (given out once).
+    pub handles: BTreeMap<String, String>,
+}
+
+/// The broker.
+pub struct Broker {
+    store: Arc<dyn Store>,
+    keys: Arc<Keyring>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A store or crypto failure, already mapped to a reason.
+pub type BrokerResult<T> = Result<T, Reason>;
+
+fn internal<E: std::fmt::Display>(e: E) -> Reason {
+    tracing::error!(error = %scrub::scrub_str(&e.to_string()), "broker: internal error");
+    Reason::InternalError
+}
+
+impl Broker {
+    /// A broker over this store and keyring.
+    pub fn new(store: Arc<dyn Store>, keys: Arc<Keyring>) -> Broker {
+        Broker {
+            store,
+            keys,
+            limits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store (readiness checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Start a run: check the org and integrations against the policy, mint
+    /// a handle per integration with a credential.
+    pub async fn start_run(
+        &self,
+        policy: &Policy,
+        org: &str,
+        integrations: &[String],
+        ttl_secs: Option<i64>,
+        now: i64,
+    ) -> BrokerResult<StartedRun> {
+        let entry = policy.org_entry(org).ok_or(Reason::UnknownOrg)?;
+        if integrations.is_empty() {
+            return Err(Reason::MalformedRequest);
+        }
+        let mut names: Vec<String> = Vec::with_capacity(integrations.len());
+        for name in integrations {
+            if !entry.integrations().contains_key(name) {
+                return Err(Reason::UnknownIntegration);
+            }
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let ttl = ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(Reason::MalformedRequest);
+        }
+        let id = new_id(&self.keys).map_err(internal)?;
+        let run = RunRecord {
+            id: id.clone(),
+            org: org.to_owned(),
+            integrations: names.clone(),
+            ttl_secs: ttl,
+            expires_at: now + ttl,
+            revoked_at: None,
+            created_at: now,
+        };
+        let mut handles = BTreeMap::new();
+        let mut rows = Vec::new();
+        for name in &names {
+            let Some(cred) = self
+                .store
+                .credential_for(org, name)
+                .await
+                .map_err(internal)?
+            else {
+                continue;
+            };
+            let mut random = zeroize::Zeroizing::new([0u8; 32]);
+            self.keys.random(random.as_mut_slice()).map_err(internal)?;
+            let handle = scrub::handle::generate(&random);
+            rows.push((
+                self.keys.handle_hash(&handle),
+                HandleRecord {
+                    run_id: id.clone(),
+                    org: org.to_owned(),
+                    integration: name.clone(),
+                    credential_id: cred.id.clone(),
+                },
+            ));
+            handles.insert(name.clone(), handle);
+        }
+        self.store.insert_run(&run, &rows).await.map_err(internal)?;
+        Ok(StartedRun { run, handles })
+    }
+
+    /// The run if it is alive, renewed by its TTL.
+    pub async fn touch_run(&self, run_id: &str, now: i64) -> BrokerResult<RunRecord> {
+        if !valid_id(run_id) {
+            return Err(Reason::UnknownRun);
+        }
+        let run = self
+            .store
+            .run(run_id)
+            .await
+            .map_err(internal)?
+            .filter(|r| r.alive(now))
+            .ok_or(Reason::UnknownRun)?;
+        self.store
+            .renew_run(run_id, now, now + run.ttl_secs)
+            .await
+            .map_err(internal)?
+            .ok_or(Reason::UnknownRun)
+    }
+
+    /// Delete a run: every handle of it is revoked at once.
+    pub async fn end_run(&self, run_id: &str, now: i64) -> BrokerResult<()> {
+        if !valid_id(run_id) {
+            return Err(Reason::UnknownRun);
+        }
+        let alive = self.store.revoke_run(run_id, now).await.map_err(internal)?;
+        if let Ok(mut l) = self.limits.lock() {
+            l.remove(run_id);
+        }
+        if alive {
+            Ok(())
+        } else {
+            Err(Reason::UnknownRun)
+        }
+    }
+
+    /// Revoke every run past its deadline; how many.
+    pub async fn sweep(&self, now: i64) -> BrokerResult<u64> {
+        let n = self.store.sweep(now).await.map_err(internal)?;
+        if n > 0 {
+            if let Ok(mut l) = self.limits.lock() {
+                // Drop limiters with nothing in flight; live runs get a new
+                // one on their next request.
+                l.retain(|_, s| s.available_permits() < RUN_CONCURRENCY);
+            }
+        }
+        Ok(n)
+    }
+
+    /// The concurrency limiter of a run.
+    pub fn limiter(&self, run_id: &str) -> Arc<Semaphore> {
+        match self.limits.lock() {
+            Ok(mut l) => l
+                .entry(run_id.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(RUN_CONCURRENCY)))
+                .clone(),
+            Err(_) => Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// Resolve a handle presented on `run` (already alive) into the
+    /// credential to inject. Every refusal is `invalid_handle`, except a
+    /// credential that exists but cannot be opened (`invalid_credential`).
+    pub async fn resolve(
+        &self,
+        run: &RunRecord,
+        handle: &str,
+        now: i64,
+    ) -> BrokerResult<Injection> {
+        if !scrub::handle::is_valid(handle) {
+            return Err(Reason::InvalidHandle);
+        }
+        let hashes = self.keys.handle_hashes(handle);
+        let rec = self
+            .store
+            .resolve_handle(&hashes, now)
+            .await
+            .map_err(internal)?
+            .ok_or(Reason::InvalidHandle)?;
+        if rec.run_id != run.id
+            || rec.org != run.org
+            || !run.integrations.contains(&rec.integration)
+        {
+            return Err(Reason::InvalidHandle);
+        }
+        let cred = self
+            .store
+            .credential(&rec.credential_id)
+            .await
+            .map_err(internal)?
+            .filter(|c| c.org == run.org && c.integration == rec.integration)
+            .ok_or(Reason::InvalidHandle)?;
+        let token = open_token(&self.keys, &cred).map_err(|e| {
+            tracing::error!(credential = %cred.id, error = %e, "cannot open a credential");
+            Reason::InvalidCredential
+        })?;
+        let template = HeaderTemplate {
+            name: cred.header_name.clone(),
+            value: cred.header_template.clone(),
+        };
+        Ok(Injection {
+            integration: rec.integration,
+            template,
+            token,
+        })
+    }
+}
+
+/// A run id as the broker makes them: 32 lowercase hex characters.
+fn valid_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,538 @@
+//! The credential store: one [`Store`] trait, backends behind it.
+//!
+//! SQLite ([`SqliteStore`], `--store sqlite:PATH`) is the embedded default.
+//! PostgreSQL comes next behind the same trait, so every query here is
+//! portable SQL: numbered `$n` parameters, no `INSERT OR REPLACE`, no
+//! `RETURNING`-only logic, no advisory locks, conditional updates checked by
+//! their row count. Migrations live in `worker/migrations/<backend>/` and run
+//! at open.
+//!
+//! The store holds ciphertext and keyed hashes only (see [`crate::crypto`]);
+//! it never sees a plaintext token or a handle.
+//!
+//! Must never: interpolate a value into SQL text, or report a row's secret
+//! columns in an error.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Sqlite};
+
+use crate::crypto::WrappedKey;
+
+/// A store failure. Never carries secret column values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The `--store` value is not understood.
+    #[error("invalid --store `{0}`: write `sqlite:/var/lib/chokepoint/worker.db`")]
+    BadSpec(String),
+    /// A row with this key exists already.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One credential row (secret fields sealed).
+#[derive(Clone)]
+pub struct CredentialRecord {
+    /// Random id (hex).
+    pub id: String,
+    /// Org id.
+    pub org: String,
+    /// Integration name (in the policy, under the org).
+    pub integration: String,
+    /// The header the token is injected into, e.g. `Authorization`.
+    pub header_name: String,
+    /// Its value with `{token}`, e.g. `Bearer {token}`.
+    pub header_template: String,
+    /// The data key, wrapped by the master key it names.
+    pub wrapped_key: WrappedKey,
+    /// The sealed access token.
+    pub token_ct: Vec<u8>,
+    /// Row version (bound into the associated data).
+    pub version: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("id", &self.id)
+            .field("org", &self.org)
+            .field("integration", &self.integration)
+            .field("header_name", &self.header_name)
+            .field("key_id", &self.wrapped_key.key_id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Random id (hex).
+    pub id: String,
+    /// Org id.
+    pub org: String,
+    /// Its integrations (the write set).
+    pub integrations: Vec<String>,
+    /// Renewal period.
+    pub ttl_secs: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds, if revoked.
+    pub revoked_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl RunRecord {
+    /// Alive at `now`: not revoked, not expired.
+    pub fn alive(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// What a handle is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandleRecord {
+    /// The run.
+    pub run_id: String,
+    /// The org.
+    pub org: String,
+    /// The integration.
+    pub integration: String,
+    /// The credential.
+    pub credential_id: String,
+}
+
+/// The store. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A trivial query (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Insert a new credential; `Conflict` if (org, integration) exists.
+    async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError>;
+    /// A credential by id.
+    async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    /// The credential of (org, integration).
+    async fn credential_for(
+        &self,
+        org: &str,
+        integration: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+    /// Every credential (of one org), ordered by org and integration.
+    async fn list_credentials(
+        &self,
+        org: Option<&str>,
+    ) -> Result<Vec<CredentialRecord>, StoreError>;
+    /// Delete the credential of (org, integration) and its handles; whether
+    /// it existed.
+    async fn delete_credential(&self, org: &str, integration: &str) -> Result<bool, StoreError>;
+    /// Replace the sealed fields of credential `c.id` if its version is
+    /// still `expected_version` (`c.version` must be newer); whether it did.
+    async fn update_credential_secret(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Insert a run and its handles (keyed hashes) together.
+    async fn insert_run(
+        &self,
+        run: &RunRecord,
+        handles: &[(Vec<u8>, HandleRecord)],
+    ) -> Result<(), StoreError>;
+    /// A run by id.
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// Extend an alive run to `expires_at`; the run after, if it was alive.
+    async fn renew_run(
+        &self,
+        id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<RunRecord>, StoreError>;
+    /// Revoke a run and delete its handles; whether it was alive.
+    async fn revoke_run(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+    /// The handle whose keyed hash is one of `hashes`, if its run is alive.
+    async fn resolve_handle(
+        &self,
+        hashes: &[Vec<u8>],
+        now: i64,
+    ) -> Result<Option<HandleRecord>, StoreError>;
+    /// Revoke every run past its deadline (and delete its handles); how many.
+    async fn sweep(&self, now: i64) -> Result<u64, StoreError>;
+}
+
+/// Open the store named by `--store` (`sqlite:PATH`) and migrate it.
+pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let Some(path) = spec.strip_prefix("sqlite:") else {
+        return Err(StoreError::BadSpec(spec.to_owned()));
+    };
+    let path = path.strip_prefix("//").unwrap_or(path);
+    if path.is_empty() {
+        return Err(StoreError::BadSpec(spec.to_owned()));
+    }
+    Ok(std::sync::Arc::new(
+        SqliteStore::open(PathBuf::from(path)).await?,
+    ))
+}
+
+/// The default `--store`.
+pub const DEFAULT_STORE: &str = "sqlite:/var/lib/chokepoint/worker.db";
+
+/// The migrations of the SQLite backend, embedded from the tree.
+fn sqlite_migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
+        false,
+    )];
+    let mut m = Migrator::DEFAULT;
+    m.migrations = Cow::Owned(migrations);
+    m
+}
+
+/// SQLite, in WAL mode, one file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: Pool<Sqlite>,
+}
+
+impl SqliteStore {
+    /// Open (create) the database at `path` and run the migrations.
+    pub async fn open(path: PathBuf) -> Result<SqliteStore, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlite_migrator().run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Close the pool (checkpoints the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at";
+const RUN_COLS: &str = "id, org, integrations, ttl_secs, expires_at, revoked_at, created_at";
+
+fn cred_from(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error> {
+    Ok(CredentialRecord {
+        id: row.try_get("id")?,
+        org: row.try_get("org")?,
+        integration: row.try_get("integration")?,
+        header_name: row.try_get("header_name")?,
+        header_template: row.try_get("header_template")?,
+        wrapped_key: WrappedKey {
+            key_id: row.try_get("key_id")?,
+            blob: row.try_get("wrapped_key")?,
+        },
+        token_ct: row.try_get("token_ct")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> {
+    let list: String = row.try_get("integrations")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        org: row.try_get("org")?,
+        integrations: list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        ttl_secs: row.try_get("ttl_secs")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO credentials ({CRED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&c.id)
+        .bind(&c.org)
+        .bind(&c.integration)
+        .bind(&c.header_name)
+        .bind(&c.header_template)
+        .bind(&c.wrapped_key.key_id)
+        .bind(&c.wrapped_key.blob)
+        .bind(&c.token_ct)
+        .bind(c.version)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "a credential for org `{}` integration `{}`",
+                c.org, c.integration
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CRED_COLS} FROM credentials WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(cred_from).transpose()?)
+    }
+
+    async fn credential_for(
+        &self,
+        org: &str,
+        integration: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CRED_COLS} FROM credentials WHERE org = $1 AND integration = $2"
+        ))
+        .bind(org)
+        .bind(integration)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(cred_from).transpose()?)
+    }
+
+    async fn list_credentials(
+        &self,
+        org: Option<&str>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let rows =
+            match org {
+                Some(org) => sqlx::query(&format!(
+                    "SELECT {CRED_COLS} FROM credentials WHERE org = $1 ORDER BY org, integration"
+                ))
+                .bind(org)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {CRED_COLS} FROM credentials ORDER BY org, integration"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        Ok(rows.iter().map(cred_from).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_credential(&self, org: &str, integration: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM handles WHERE credential_id IN \
+             (SELECT id FROM credentials WHERE org = $1 AND integration = $2)",
+        )
+        .bind(org)
+        .bind(integration)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM credentials WHERE org = $1 AND integration = $2")
+            .bind(org)
+            .bind(integration)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn update_credential_secret(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET key_id = $1, wrapped_key = $2, token_ct = $3, version = $4, \
+             updated_at = $5 WHERE id = $6 AND version = $7",
+        )
+        .bind(&c.wrapped_key.key_id)
+        .bind(&c.wrapped_key.blob)
+        .bind(&c.token_ct)
+        .bind(c.version)
+        .bind(c.updated_at)
+        .bind(&c.id)
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_run(
+        &self,
+        run: &RunRecord,
+        handles: &[(Vec<u8>, HandleRecord)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO runs ({RUN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&run.id)
+        .bind(&run.org)
+        .bind(run.integrations.join(","))
+        .bind(run.ttl_secs)
+        .bind(run.expires_at)
+        .bind(run.revoked_at)
+        .bind(run.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for (hash, h) in handles {
+            sqlx::query(
+                "INSERT INTO handles (hash, run_id, org, integration, credential_id) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hash)
+            .bind(&h.run_id)
+            .bind(&h.org)
+            .bind(&h.integration)
+            .bind(&h.credential_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(run_from).transpose()?)
+    }
+
+    async fn renew_run(
+        &self,
+        id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let n = sqlx::query(
+            "UPDATE runs SET expires_at = $1 \
+             WHERE id = $2 AND revoked_at IS NULL AND expires_at > $3 AND expires_at < $1",
+        )
+        .bind(expires_at)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let run = self.run(id).await?;
+        // Renewed, or already valid past `expires_at` (a concurrent renewal).
+        Ok(run.filter(|r| (n == 1 || r.expires_at >= expires_at) && r.alive(now)))
+    }
+
+    async fn revoke_run(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE runs SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM handles WHERE run_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn resolve_handle(
+        &self,
+        hashes: &[Vec<u8>],
+        now: i64,
+    ) -> Result<Option<HandleRecord>, StoreError> {
+        for hash in hashes {
+            let row = sqlx::query(
+                "SELECT h.run_id, h.org, h.integration, h.credential_id FROM handles h \
+                 JOIN runs r ON r.id = h.run_id \
+                 WHERE h.hash = $1 AND r.revoked_at IS NULL AND r.expires_at > $2",
+            )
+            .bind(hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Some(HandleRecord {
+                    run_id: row.try_get("run_id")?,
+                    org: row.try_get("org")?,
+                    integration: row.try_get("integration")?,
+                    credential_id: row.try_get("credential_id")?,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn sweep(&self, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM handles WHERE run_id IN \
+             (SELECT id FROM runs WHERE revoked_at IS NULL AND expires_at <= $1)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query(
+            "UPDATE runs SET revoked_at = $1 WHERE revoked_at IS NULL AND expires_at <= $1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+}
