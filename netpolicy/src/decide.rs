@@ -162,7 +162,7 @@ impl Decision {
 /// 1. the org exists (`unknown_org`);
 /// 2. by method:
 ///    - GET, HEAD: the target is an http(s) URL (`invalid_target`) →
-///      `read_public`;
+///      `read_public`, subject to 4.;
 ///    - POST, PUT, PATCH, DELETE: the source is the worker
 ///      (`write_from_container`), the target is a URL (`invalid_target`) over
 ///      https (`write_requires_https`) to a host of one of the org's
@@ -172,7 +172,9 @@ impl Decision {
 ///      (`connect_port_not_allowed`) → `package_repo`;
 ///    - anything else: `method_not_allowed`;
 /// 3. an IP-literal host must be public or inside `unsafe_allow_ranges`
-///    (`blocked_address`).
+///    (`blocked_address`);
+/// 4. a read (GET, HEAD) goes only to a port in `read_ports`
+///    (`port_not_allowed`), whatever the source.
 pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
     let Some(org) = policy.org_entry(req.org) else {
         return Decision::deny(Reason::UnknownOrg);
@@ -219,6 +221,9 @@ pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
         if !addr_allowed(policy, ip) {
             return Decision::deny(Reason::BlockedAddress);
         }
+    }
+    if allow == Reason::ReadPublic && !policy.read_port_allowed(dest.port) {
+        return Decision::deny(Reason::PortNotAllowed);
     }
     Decision::allow(allow)
 }

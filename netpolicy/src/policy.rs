@@ -81,6 +81,8 @@ struct RawPolicy {
     _version: Version,
     #[serde(default)]
     unsafe_allow_ranges: Vec<Cidr>,
+    #[serde(default = "default_read_ports")]
+    read_ports: Vec<PortNum>,
     #[serde(default)]
     package_repos: Vec<RawRepo>,
     #[serde(default)]
@@ -112,6 +114,14 @@ struct RawRepoMap {
 
 fn default_repo_ports() -> Vec<PortNum> {
     vec![PortNum(443)]
+}
+
+/// The ports reads may go to when the policy lists none: http, https and
+/// the common alternate http port (squid's `Safe_ports` spirit).
+pub const DEFAULT_READ_PORTS: [u16; 3] = [80, 443, 8080];
+
+fn default_read_ports() -> Vec<PortNum> {
+    DEFAULT_READ_PORTS.iter().map(|&p| PortNum(p)).collect()
 }
 
 /// A YAML mapping that refuses duplicate keys (serde's maps keep the last
@@ -419,6 +429,8 @@ impl Org {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     unsafe_allow: Vec<IpNet>,
+    /// Ports GET/HEAD may go to.
+    read_ports: Vec<u16>,
     /// Package repository host text → allowed ports.
     repos: BTreeMap<String, Vec<u16>>,
     orgs: HashMap<String, Org>,
@@ -463,6 +475,27 @@ impl Policy {
             }
             Ok(())
         };
+
+        if raw.read_ports.is_empty() {
+            return Err(err(
+                "read_ports",
+                "read_ports".into(),
+                "no ports listed".into(),
+                "write `read_ports: [80, 443, 8080]` or leave `read_ports` out",
+            ));
+        }
+        let mut read_ports: Vec<u16> = Vec::with_capacity(raw.read_ports.len());
+        for p in &raw.read_ports {
+            if read_ports.contains(&p.0) {
+                return Err(err(
+                    "read_ports",
+                    "read_ports".into(),
+                    format!("port {} is listed twice", p.0),
+                    "list each port once",
+                ));
+            }
+            read_ports.push(p.0);
+        }
 
         let mut repos: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         for (i, repo) in raw.package_repos.iter().enumerate() {
@@ -575,6 +608,7 @@ impl Policy {
         clients.sort_by_key(|c| std::cmp::Reverse(c.0.prefix_len()));
         Ok(Policy {
             unsafe_allow,
+            read_ports,
             repos,
             orgs,
             clients,
@@ -628,6 +662,16 @@ impl Policy {
     /// The explicit exceptions to the blocklist.
     pub fn unsafe_allow_ranges(&self) -> &[IpNet] {
         &self.unsafe_allow
+    }
+
+    /// The ports reads (GET/HEAD) may go to (`read_ports`).
+    pub fn read_ports(&self) -> &[u16] {
+        &self.read_ports
+    }
+
+    /// Whether a read may go to `port`.
+    pub fn read_port_allowed(&self, port: u16) -> bool {
+        self.read_ports.contains(&port)
     }
 
     /// Whether `ip` is inside `unsafe_allow_ranges`.

@@ -34,6 +34,9 @@ pub enum Reason {
     BlockedAddress,
     /// The name did not resolve to any address.
     Unresolvable,
+    /// The host is, or resolves to, an address of one of the proxy host's
+    /// own interfaces (whatever its class).
+    ProxyHostAddress,
 
     // ----- deny: policy -----
     /// A method that no source may use (OPTIONS, TRACE, unknown, ...).
@@ -52,6 +55,8 @@ pub enum Reason {
     UnknownOrg,
     /// The client's source address belongs to no org.
     UnknownClient,
+    /// A read (GET/HEAD) to a port outside the policy's `read_ports`.
+    PortNotAllowed,
 
     // ----- deny: protocol (proxy) -----
     /// A malformed request (framing, header bytes, size).
@@ -62,6 +67,25 @@ pub enum Reason {
     UpgradeDenied,
     /// An origin-form request sent to the proxy port.
     NotAProxyRequest,
+    /// A read (GET/HEAD) that carries a body (`Content-Length` > 0 or
+    /// `Transfer-Encoding`).
+    BodyOnRead,
+    /// An absolute-form `https://` URL sent to the proxy in the clear; https
+    /// goes through CONNECT.
+    HttpsRequiresConnect,
+    /// The TLS ClientHello in a tunnel has no SNI, or one that is not the
+    /// CONNECT host.
+    SniMismatch,
+    /// The TLS ClientHello in a tunnel carries Encrypted Client Hello, whose
+    /// inner name cannot be checked.
+    EchNotAllowed,
+    /// The first bytes in a tunnel are not a well-formed TLS ClientHello.
+    TunnelNotTls,
+    /// The client did not finish its request head (or its ClientHello) in
+    /// time.
+    HeadTimeout,
+    /// The client closed the connection in the middle of a request head.
+    HeadIncomplete,
 
     // ----- deny: upstream -----
     /// Every validated address refused or failed the connection.
@@ -74,6 +98,18 @@ pub enum Reason {
     RedirectNotFollowed,
     /// An internal error in a check: fail closed.
     InternalError,
+    /// The audit log cannot be written: fail closed until it can.
+    AuditUnavailable,
+    /// This client address has its most connections open.
+    ClientLimit,
+    /// The client's org has its most connections open.
+    OrgLimit,
+    /// The client's org has its most tunnels open.
+    TunnelLimit,
+    /// The request did not finish within the whole-request deadline.
+    RequestDeadline,
+    /// The client did not read (or send) within the client deadline.
+    ClientTimeout,
 
     // ----- deny: worker (API and credential broker) -----
     /// A worker API call without the right service token.
@@ -108,6 +144,7 @@ impl Reason {
         Reason::IdnSpoof,
         Reason::BlockedAddress,
         Reason::Unresolvable,
+        Reason::ProxyHostAddress,
         Reason::MethodNotAllowed,
         Reason::WriteFromContainer,
         Reason::WriteNotIntegration,
@@ -116,15 +153,29 @@ impl Reason {
         Reason::ConnectPortNotAllowed,
         Reason::UnknownOrg,
         Reason::UnknownClient,
+        Reason::PortNotAllowed,
         Reason::MalformedRequest,
         Reason::HostMismatch,
         Reason::UpgradeDenied,
         Reason::NotAProxyRequest,
+        Reason::BodyOnRead,
+        Reason::HttpsRequiresConnect,
+        Reason::SniMismatch,
+        Reason::EchNotAllowed,
+        Reason::TunnelNotTls,
+        Reason::HeadTimeout,
+        Reason::HeadIncomplete,
         Reason::UpstreamConnectFailed,
         Reason::UpstreamTimeout,
         Reason::Overloaded,
         Reason::RedirectNotFollowed,
         Reason::InternalError,
+        Reason::AuditUnavailable,
+        Reason::ClientLimit,
+        Reason::OrgLimit,
+        Reason::TunnelLimit,
+        Reason::RequestDeadline,
+        Reason::ClientTimeout,
         Reason::Unauthorized,
         Reason::UnknownRun,
         Reason::UnknownIntegration,
@@ -148,6 +199,7 @@ impl Reason {
             Reason::IdnSpoof => "idn_spoof",
             Reason::BlockedAddress => "blocked_address",
             Reason::Unresolvable => "unresolvable",
+            Reason::ProxyHostAddress => "proxy_host_address",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::WriteFromContainer => "write_from_container",
             Reason::WriteNotIntegration => "write_not_integration",
@@ -156,15 +208,29 @@ impl Reason {
             Reason::ConnectPortNotAllowed => "connect_port_not_allowed",
             Reason::UnknownOrg => "unknown_org",
             Reason::UnknownClient => "unknown_client",
+            Reason::PortNotAllowed => "port_not_allowed",
             Reason::MalformedRequest => "malformed_request",
             Reason::HostMismatch => "host_mismatch",
             Reason::UpgradeDenied => "upgrade_denied",
             Reason::NotAProxyRequest => "not_a_proxy_request",
+            Reason::BodyOnRead => "body_on_read",
+            Reason::HttpsRequiresConnect => "https_requires_connect",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::EchNotAllowed => "ech_not_allowed",
+            Reason::TunnelNotTls => "tunnel_not_tls",
+            Reason::HeadTimeout => "head_timeout",
+            Reason::HeadIncomplete => "head_incomplete",
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::Overloaded => "overloaded",
             Reason::RedirectNotFollowed => "redirect_not_followed",
             Reason::InternalError => "internal_error",
+            Reason::AuditUnavailable => "audit_unavailable",
+            Reason::ClientLimit => "client_limit",
+            Reason::OrgLimit => "org_limit",
+            Reason::TunnelLimit => "tunnel_limit",
+            Reason::RequestDeadline => "request_deadline",
+            Reason::ClientTimeout => "client_timeout",
             Reason::Unauthorized => "unauthorized",
             Reason::UnknownRun => "unknown_run",
             Reason::UnknownIntegration => "unknown_integration",
@@ -208,6 +274,9 @@ impl Reason {
                 "the host is or resolves to a private, loopback, link-local or reserved address; only public addresses are reachable"
             }
             Reason::Unresolvable => "the host name did not resolve; check the spelling",
+            Reason::ProxyHostAddress => {
+                "the host is or resolves to an address of the proxy's own machine, which is never reachable through it"
+            }
             Reason::MethodNotAllowed => {
                 "only GET and HEAD (and writes to approved integrations from the worker) are allowed"
             }
@@ -228,12 +297,30 @@ impl Reason {
             Reason::UnknownClient => {
                 "this client address belongs to no organization in the egress policy"
             }
+            Reason::PortNotAllowed => {
+                "reads go only to the policy's read ports (80, 443 and 8080 by default); use the host's standard port"
+            }
             Reason::MalformedRequest => "the request is malformed",
             Reason::HostMismatch => "the Host header must name the same host as the request target",
             Reason::UpgradeDenied => "protocol upgrades (WebSocket, h2c) are not allowed",
             Reason::NotAProxyRequest => {
                 "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT"
             }
+            Reason::BodyOnRead => {
+                "a GET or HEAD must not carry a body (Content-Length above 0 or Transfer-Encoding); send the request without one"
+            }
+            Reason::HttpsRequiresConnect => {
+                "https URLs are not sent in the clear; use CONNECT (set HTTPS_PROXY), which reaches package repositories only"
+            }
+            Reason::SniMismatch => {
+                "the TLS server name (SNI) must be present and equal the CONNECT host"
+            }
+            Reason::EchNotAllowed => {
+                "Encrypted Client Hello hides the server name, which must equal the CONNECT host; connect without ECH"
+            }
+            Reason::TunnelNotTls => "a tunnel must start with a TLS ClientHello",
+            Reason::HeadTimeout => "the request head (or TLS ClientHello) did not arrive in time",
+            Reason::HeadIncomplete => "the connection closed in the middle of a request head",
             Reason::UpstreamConnectFailed => {
                 "no validated address of the host accepted a connection"
             }
@@ -241,6 +328,22 @@ impl Reason {
             Reason::Overloaded => "the proxy is at its connection limit; retry later",
             Reason::RedirectNotFollowed => "redirects are not followed for writes",
             Reason::InternalError => "an internal check failed, so the request was denied",
+            Reason::AuditUnavailable => {
+                "the proxy cannot write its audit log, so it serves nothing; retry later"
+            }
+            Reason::ClientLimit => {
+                "this client address has its most connections open; close some and retry"
+            }
+            Reason::OrgLimit => {
+                "this organization has its most connections open; close some and retry"
+            }
+            Reason::TunnelLimit => {
+                "this organization has its most tunnels open; close some and retry"
+            }
+            Reason::RequestDeadline => "the request did not finish within the proxy's deadline",
+            Reason::ClientTimeout => {
+                "the client did not read the response (or send its request) in time"
+            }
             Reason::Unauthorized => "the worker API needs `Authorization: Bearer <service token>`",
             Reason::UnknownRun => {
                 "the run does not exist, has ended or has expired; start a new run"

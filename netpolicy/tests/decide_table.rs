@@ -71,6 +71,30 @@ fn every_rule_by_reason() {
         (C, "acme", "GET", "http://8.8.8.8/", R::ReadPublic),
         (C, "acme", "GET", "http://127.0.0.2:8080/", R::ReadPublic), // unsafe_allow_ranges
         (C, "acme", "GET", "http://127.0.0.1/", R::BlockedAddress),
+        // Reads go only to `read_ports` (default 80, 443, 8080), both sources.
+        (C, "acme", "GET", "http://example.com:443/", R::ReadPublic),
+        (
+            C,
+            "acme",
+            "GET",
+            "http://example.com:22/",
+            R::PortNotAllowed,
+        ),
+        (
+            C,
+            "acme",
+            "HEAD",
+            "http://example.com:6379/",
+            R::PortNotAllowed,
+        ),
+        (
+            W,
+            "acme",
+            "GET",
+            "https://example.com:8443/",
+            R::PortNotAllowed,
+        ),
+        (C, "acme", "GET", "http://8.8.8.8:25/", R::PortNotAllowed),
         (
             C,
             "acme",
@@ -289,4 +313,33 @@ fn clients_map_to_orgs() {
     assert_eq!(org("::ffff:10.10.0.9").as_deref(), Some("acme"));
     assert_eq!(org("fd00:20::5").as_deref(), Some("globex"));
     assert_eq!(org("10.30.0.1"), None);
+}
+
+#[test]
+fn read_ports_are_the_policys_own_list() {
+    let p = Policy::from_yaml(
+        "t",
+        "version: v1\nread_ports: [8081]\norgs:\n  acme:\n    clients: [10.10.0.0/24]\n",
+    )
+    .unwrap();
+    assert_eq!(p.read_ports(), &[8081]);
+    assert_eq!(
+        run(
+            &p,
+            Source::Container,
+            "acme",
+            "GET",
+            "http://example.com:8081/"
+        )
+        .reason,
+        Reason::ReadPublic
+    );
+    for url in ["http://example.com/", "https://example.com/"] {
+        assert_eq!(
+            run(&p, Source::Worker, "acme", "GET", url).reason,
+            Reason::PortNotAllowed,
+            "{url}"
+        );
+    }
+    assert_eq!(policy().read_ports(), &[80, 443, 8080]);
 }

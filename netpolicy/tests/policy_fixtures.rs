@@ -87,6 +87,13 @@ fn each_mistake_names_line_field_and_fix() {
             "like `hosts: [api.github.com]`",
         ),
         ("idn_spoof_host.yaml", 3, "package_repos", "IDN spoof"),
+        (
+            "read_ports_empty.yaml",
+            2,
+            "read_ports",
+            "leave `read_ports` out",
+        ),
+        ("read_ports_duplicate.yaml", 2, "read_ports", "listed twice"),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/bad");
     let on_disk = std::fs::read_dir(&dir).unwrap().count();

@@ -23,10 +23,16 @@ pub(crate) struct Denial {
 /// The status code for a denial reason.
 pub(crate) const fn status_for(reason: Reason) -> u16 {
     match reason {
-        Reason::MalformedRequest | Reason::NotAProxyRequest | Reason::InvalidTarget => 400,
+        Reason::MalformedRequest
+        | Reason::NotAProxyRequest
+        | Reason::InvalidTarget
+        | Reason::HttpsRequiresConnect
+        | Reason::HeadIncomplete => 400,
+        Reason::HeadTimeout | Reason::ClientTimeout => 408,
+        Reason::ClientLimit | Reason::OrgLimit | Reason::TunnelLimit => 429,
         Reason::Unresolvable | Reason::UpstreamConnectFailed => 502,
-        Reason::UpstreamTimeout => 504,
-        Reason::Overloaded => 503,
+        Reason::UpstreamTimeout | Reason::RequestDeadline => 504,
+        Reason::Overloaded | Reason::AuditUnavailable => 503,
         Reason::InternalError => 500,
         _ => 403,
     }
@@ -81,6 +87,8 @@ const fn phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         403 => "Forbidden",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -104,6 +112,12 @@ mod tests {
         assert_eq!(status_for(Reason::UpstreamTimeout), 504);
         assert_eq!(status_for(Reason::Overloaded), 503);
         assert_eq!(status_for(Reason::HostMismatch), 403);
+        assert_eq!(status_for(Reason::BodyOnRead), 403);
+        assert_eq!(status_for(Reason::HttpsRequiresConnect), 400);
+        assert_eq!(status_for(Reason::PortNotAllowed), 403);
+        assert_eq!(status_for(Reason::HeadTimeout), 408);
+        assert_eq!(status_for(Reason::OrgLimit), 429);
+        assert_eq!(status_for(Reason::AuditUnavailable), 503);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) struct Head {
     /// Whether the request asks for a protocol upgrade (`Upgrade:` header or
     /// an `upgrade` token in `Connection`).
     pub(crate) upgrade: bool,
+    /// Whether the request carries a body: `Content-Length` above 0, or
+    /// `Transfer-Encoding: chunked` (even one that turns out empty).
+    pub(crate) body: bool,
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub(crate) len: usize,
 }
@@ -60,17 +63,29 @@ pub(crate) struct Head {
 /// Read one request head from `io` into `buf` (which may already hold bytes
 /// read earlier). On success, `buf` still holds the whole head followed by any
 /// bytes that arrived after it; `Head::len` says where the head ends.
+///
+/// The head is parsed only once its end (an empty line) has arrived: each
+/// read scans just the new bytes for it, so a client trickling a 64 KiB head
+/// one byte at a time costs linear work, not a full re-parse per byte.
 pub(crate) async fn read_head<R>(io: &mut R, buf: &mut BytesMut) -> Result<Head, HeadError>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    // Bytes before `scanned` hold no end of head.
+    let mut scanned = 0usize;
     loop {
-        if !buf.is_empty() {
+        if let Some(end) = find_head_end(buf, scanned) {
             match parse_head(buf)? {
                 Some(head) => return Ok(head),
-                None if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-                None => {}
+                // An empty line that does not end a head (e.g. leading
+                // blank lines, which httparse skips): look further.
+                None => scanned = end,
             }
+        } else {
+            scanned = buf.len();
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::TooLarge);
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
@@ -87,6 +102,25 @@ where
             });
         }
     }
+}
+
+/// The index just past the first empty line (`\n\n` or `\n\r\n`) that
+/// ends at or after `from`, if any. `from` is where the previous scan stopped;
+/// the two bytes before it are looked at again, since the line ending may
+/// straddle reads.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..)?;
+    let mut at = 0usize;
+    while let Some(i) = memchr::memchr(b'\n', tail.get(at..)?) {
+        let lf = at + i;
+        match (tail.get(lf + 1), tail.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(start + lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(start + lf + 3),
+            _ => at = lf + 1,
+        }
+    }
+    None
 }
 
 /// Parse and check a head from the start of `buf`. `Ok(None)`: incomplete.
@@ -203,6 +237,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         minor_version,
         host,
         upgrade,
+        body: transfer_encoding || content_length.is_some_and(|n| n > 0),
         len,
     }))
 }
@@ -270,6 +305,68 @@ mod tests {
             h.len,
             "GET http://example.com/a?b HTTP/1.1\r\nHost: example.com\r\n\r\n".len()
         );
+    }
+
+    #[test]
+    fn head_end_is_found_across_reads() {
+        let h = b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        let end = h.len() - 4;
+        for from in 0..end {
+            assert_eq!(find_head_end(h, from), Some(end), "from {from}");
+        }
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(find_head_end(b"", 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_one_byte_at_a_time_is_read_whole() {
+        let head = b"GET http://a/ HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nafter";
+        let mut io = tokio_test_bytes(head);
+        let mut buf = BytesMut::new();
+        let h = read_head(&mut io, &mut buf).await.unwrap();
+        assert_eq!(h.len, head.len() - 5);
+        assert_eq!(h.host.as_deref(), Some("a"));
+    }
+
+    /// A reader that yields one byte per read.
+    fn tokio_test_bytes(data: &'static [u8]) -> impl AsyncRead + Unpin {
+        struct OneByte(&'static [u8]);
+        impl AsyncRead for OneByte {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                if let Some((first, rest)) = self.0.split_first() {
+                    buf.put_slice(&[*first]);
+                    self.0 = rest;
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        OneByte(data)
+    }
+
+    #[test]
+    fn bodies_are_flagged() {
+        for (s, body) in [
+            ("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", false),
+            (
+                "GET http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (
+                "GET http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+                true,
+            ),
+            (
+                "HEAD http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true,
+            ),
+        ] {
+            assert_eq!(p(s).unwrap().unwrap().body, body, "{s:?}");
+        }
     }
 
     #[test]

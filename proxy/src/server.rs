@@ -175,6 +175,23 @@ async fn handle_conn(
             Err(e) => return deny(&shared, &mut stream, &ctx, e.reason(), None).await,
         };
         let dest = parsed.dest;
+        // `GET https://...` would go out in the clear to port 443: https
+        // is a CONNECT tunnel (package repositories only).
+        if dest.scheme == netpolicy::Scheme::Https {
+            return deny(
+                &shared,
+                &mut stream,
+                &ctx,
+                Reason::HttpsRequiresConnect,
+                Some(&dest),
+            )
+            .await;
+        }
+        // A read with a body is an upload (and, with a streaming response,
+        // a two-way channel): refused before any connection is made.
+        if head.body && matches!(head.method, Method::Get | Method::Head) {
+            return deny(&shared, &mut stream, &ctx, Reason::BodyOnRead, Some(&dest)).await;
+        }
         if head.upgrade {
             return deny(
                 &shared,

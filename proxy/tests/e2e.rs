@@ -23,9 +23,18 @@ const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const TLS_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
 fn policy(repo_port: u16) -> String {
+    policy_reading(repo_port, &[])
+}
+
+/// The test policy, with reads allowed to these ports besides 80, 443, 8080
+/// (test origins listen on ports the kernel picks).
+fn policy_reading(repo_port: u16, read_ports: &[u16]) -> String {
+    let mut ports = vec![80, 443, 8080];
+    ports.extend_from_slice(read_ports);
     format!(
         "version: v1
 unsafe_allow_ranges: [127.0.0.2/32, 127.0.0.3/32]
+read_ports: {ports:?}
 package_repos:
   - host: repo.chokepoint.dev
     ports: [{repo_port}]
@@ -43,10 +52,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_reading(&[])
+}
+
+/// [`setup`], with reads also allowed to `read_ports`.
+fn setup_reading(read_ports: &[u16]) -> Setup {
     let origin = Origin::start(ORIGIN_IP);
     let dns = DnsServer::start();
     dns.set_static("origin.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
-    let proxy = ProxyProcess::start(Path::new(BIN), &policy(443), dns.addr);
+    let mut ports = vec![origin.addr.port()];
+    ports.extend_from_slice(read_ports);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy_reading(443, &ports), dns.addr);
     Setup { origin, dns, proxy }
 }
 
@@ -200,12 +216,12 @@ fn protocol_misuse_is_refused() {
 
 #[test]
 fn dns_rebinding_never_reaches_loopback() {
-    let s = setup();
     // The "host itself": a listener on 127.0.0.1 that must never be reached.
     let host = Origin::start(Ipv4Addr::LOCALHOST);
     let port = host.addr.port();
     // Same port on the allowed origin address: the first answer is good.
     let good = Origin::start_on(SocketAddr::new(IpAddr::V4(ORIGIN_IP), port));
+    let s = setup_reading(&[port]);
     s.dns.set(
         "rebind.chokepoint.dev",
         vec![vec![IpAddr::V4(ORIGIN_IP)], vec![ip("127.0.0.1")]],
@@ -344,6 +360,12 @@ fn smuggling_mutations_get_400_or_reach_the_origin_as_one_request() {
         seen.len(),
         forwarded,
         "each forwarded mutation is exactly one request at the origin"
+    );
+    // A GET with a body is refused (`body_on_read`), so whatever reached
+    // the origin carried none.
+    assert!(
+        seen.iter().all(|r| r.body_len == 0),
+        "a read reached the origin with a body"
     );
     assert_eq!(refused + forwarded + other, 1768);
     println!(
@@ -809,20 +831,25 @@ fn metrics_and_audit_carry_the_reason_and_no_secret() {
             assert!(v.get(field).is_some(), "audit line lacks {field}: {line}");
         }
     }
+    // Found by reason: a forwarded request is audited after its response
+    // is out, so the next request's line may come first.
+    let by_reason = |reason: &str| -> serde_json::Value {
+        audit
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} line: {audit:?}"))
+    };
+    let unresolvable = by_reason("unresolvable").to_string();
     assert!(
-        audit[2].contains("[REDACTED:"),
-        "the scrubbed host shows the redaction: {}",
-        audit[2]
+        unresolvable.contains("[REDACTED:"),
+        "the scrubbed host shows the redaction: {unresolvable}"
     );
-    assert!(!audit[2].contains(host_token));
-    let allowed: serde_json::Value = serde_json::from_str(&audit[0]).unwrap();
-    assert_eq!(allowed["reason"], "read_public");
+    assert!(!unresolvable.contains(host_token));
+    let allowed = by_reason("read_public");
     assert_eq!(allowed["dialed"], format!("127.0.0.2:{port}"));
-    let denied: serde_json::Value = serde_json::from_str(&audit[1]).unwrap();
-    assert_eq!(
-        (denied["verdict"].as_str(), denied["reason"].as_str()),
-        (Some("deny"), Some("write_from_container"))
-    );
+    let denied = by_reason("write_from_container");
+    assert_eq!(denied["verdict"].as_str(), Some("deny"));
     let metrics = s.proxy.metrics();
     for needle in [
         "egress_requests_total{method=\"GET\",reason=\"read_public\",source=\"container\",verdict=\"allow\"} 1",
@@ -880,7 +907,7 @@ fn a_silent_upstream_times_out_with_504() {
     let dns = DnsServer::start();
     let proxy = ProxyProcess::start_with(
         Path::new(BIN),
-        &policy(443),
+        &policy_reading(443, &[port]),
         dns.addr,
         &["--upstream-idle-timeout-secs", "1"],
     );
@@ -923,4 +950,89 @@ fn a_second_proxy_on_a_busy_port_exits_instead_of_sharing_it() {
     // The first proxy still serves every connection.
     let r = proxy_request(first.listen, "GET", "http://127.0.0.1:9/", "");
     assert_eq!(r.reason(), Some("blocked_address"));
+}
+
+#[test]
+fn reads_that_carry_a_body_are_refused_before_any_connection() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let url = format!("http://127.0.0.2:{port}/up");
+    let auth = format!("127.0.0.2:{port}");
+    for req in [
+        format!("GET {url} HTTP/1.1\r\nHost: {auth}\r\nContent-Length: 5\r\n\r\nhello"),
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ),
+        format!("HEAD {url} HTTP/1.1\r\nHost: {auth}\r\nContent-Length: 3\r\n\r\nabc"),
+        // An empty chunked body is still a body framing on a read.
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+    ] {
+        let r = send_raw(s.proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("body_on_read")),
+            "{req:?}"
+        );
+    }
+    if e2e::require("curl", e2e::have_tool("curl")) {
+        // curl sends `GET` with `--data` as a GET with Content-Length.
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--max-time",
+                "10",
+                "-X",
+                "GET",
+            ])
+            .args(["--data", "exfiltrated-bytes", "-x"])
+            .arg(format!("http://{}", s.proxy.listen))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(head.contains("x-egress-error: body_on_read"), "{head}");
+    }
+    assert_eq!(s.origin.connections(), 0, "the origin saw a connection");
+    // `Content-Length: 0` is no body.
+    let r = proxy_request(s.proxy.listen, "GET", &url, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let audit = s.proxy.audit_until(Duration::from_secs(10), |l| {
+        l.iter()
+            .filter(|l| l.contains("\"reason\":\"body_on_read\""))
+            .count()
+            >= 4
+    });
+    assert!(
+        audit
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"body_on_read\""))
+            .count()
+            >= 4,
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn absolute_form_https_is_refused_and_never_sent_in_the_clear() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    for url in [
+        format!("https://127.0.0.2:{port}/plain"),
+        format!("https://origin.chokepoint.dev:{port}/plain"),
+    ] {
+        let r = proxy_request(s.proxy.listen, "GET", &url, "");
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("https_requires_connect")),
+            "{url}"
+        );
+        assert!(r.text().contains("CONNECT"), "{}", r.text());
+    }
+    assert_eq!(s.origin.connections(), 0);
 }
