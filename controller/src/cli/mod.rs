@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod boot;
 pub mod check;
 pub mod image;
 pub mod policy;
@@ -34,6 +35,8 @@ pub enum Command {
     Status(reconcile::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
+    /// Install the systemd units that load the saved rules before Docker at boot.
+    InstallBoot(boot::Args),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ impl Cli {
             Command::Reconcile(args) => reconcile::run_reconcile(&args),
             Command::Status(args) => reconcile::run_status(&args),
             Command::Scrub(args) => scrub::run(&args),
+            Command::InstallBoot(args) => boot::run(&args),
         }
     }
 }
