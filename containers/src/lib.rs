@@ -35,8 +35,11 @@ pub use bollard;
 pub use image::{
     ImageFile, ImageSpec, build_scratch_image, ldd_libraries, parse_ldd, remove_image,
 };
-pub use spec::{EXEC_UID, HardenedSpec, Limits, OrgId, SCRATCH, WORKSPACE, check_network};
-pub use verify::{Finding, verify};
+pub use spec::{
+    DNS_SINK, EXEC_UID, HardenedSpec, Isolation, Limits, OrgId, SCRATCH, WORKSPACE, check_network,
+    dns_is_sink,
+};
+pub use verify::{ExecExpect, Finding, verify, verify_exec};
 
 use bollard::Docker;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
@@ -66,6 +69,15 @@ pub enum SpecError {
     /// Image or command missing.
     #[error("image and command are required")]
     Empty,
+    /// The DNS server is loopback or unspecified: dockerd would forward the
+    /// container's queries from the host's namespace.
+    #[error(
+        "DNS server {0} refused: use an address nothing answers that is not loopback (e.g. the network's gateway)"
+    )]
+    BadDns(std::net::IpAddr),
+    /// The daemon lacks what the isolation option needs.
+    #[error("isolation {0} is not available on this Docker daemon ({1})")]
+    Isolation(&'static str, String),
 }
 
 /// Building an image failed.
@@ -103,13 +115,66 @@ pub async fn connect() -> Result<Docker, DockerError> {
         .await?)
 }
 
+/// What the daemon offers for [`Isolation`]: whether it remaps user
+/// namespaces (`userns-remap`, seen as `name=userns` in its security
+/// options) and which runtimes it has (`runsc` is gVisor).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DaemonIsolation {
+    /// The daemon runs containers in a remapped user namespace.
+    pub userns_remap: bool,
+    /// The runtimes it knows, sorted.
+    pub runtimes: Vec<String>,
+}
+
+impl DaemonIsolation {
+    /// Read it from `docker info`.
+    pub async fn detect(docker: &Docker) -> Result<Self, DockerError> {
+        let info = docker.info().await?;
+        let userns_remap = info
+            .security_options
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.split(',').any(|kv| kv == "name=userns"));
+        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
+        Ok(Self {
+            userns_remap,
+            runtimes,
+        })
+    }
+
+    /// Whether `iso` can run here; `Err` says what is missing.
+    pub fn supports(&self, iso: Isolation) -> Result<(), SpecError> {
+        match iso {
+            Isolation::Runc => Ok(()),
+            Isolation::UsernsRemap if self.userns_remap => Ok(()),
+            Isolation::UsernsRemap => Err(SpecError::Isolation(
+                iso.as_str(),
+                "the daemon has no userns-remap".into(),
+            )),
+            Isolation::Gvisor if self.runtimes.iter().any(|r| r == "runsc") => Ok(()),
+            Isolation::Gvisor => Err(SpecError::Isolation(
+                iso.as_str(),
+                format!("no runsc runtime (runtimes: {})", self.runtimes.join(", ")),
+            )),
+        }
+    }
+}
+
 /// Create (not start) a hardened container named `name`; returns its id.
+/// An isolation option the daemon cannot honour is refused before anything
+/// is created.
 pub async fn create_hardened(
     docker: &Docker,
     spec: &HardenedSpec,
     name: &str,
 ) -> Result<String, DockerError> {
     let body = spec.to_create_body()?;
+    if spec.isolation != Isolation::Runc {
+        DaemonIsolation::detect(docker)
+            .await?
+            .supports(spec.isolation)?;
+    }
     let opts = CreateContainerOptionsBuilder::new().name(name).build();
     Ok(docker.create_container(Some(opts), body).await?.id)
 }

@@ -5,10 +5,12 @@
 //! other than the org's own folder, or a host/default-bridge network.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 
 use crate::SpecError;
@@ -19,6 +21,72 @@ pub const EXEC_UID: u32 = 65532;
 pub const WORKSPACE: &str = "/workspace";
 /// The size-capped, noexec tmpfs scratch directory.
 pub const SCRATCH: &str = "/tmp";
+/// The default DNS server of an exec container: an address in TEST-NET-1
+/// (RFC 5737), never routed, which nothing answers. Docker's embedded
+/// resolver (127.0.0.11 in the container) forwards to it from *inside* the
+/// container's namespace, where the kernel rules drop it; without a DNS
+/// setting, a daemon whose host resolver is on loopback forwards from the
+/// host's namespace instead (CVE-2024-29018), a way out with no rule and no
+/// audit line. Set [`HardenedSpec::dns`] to the org network's gateway
+/// address (no host address under `inhibit_ipv4`) to have the rules drop it
+/// on the bridge.
+pub const DNS_SINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+/// The log driver and its size cap: a container cannot fill the host's disk
+/// through its output.
+pub const LOG_DRIVER: &str = "json-file";
+/// Largest log file of an exec container, and how many are kept.
+pub const LOG_MAX_SIZE: &str = "1m";
+/// How many rotated log files are kept.
+pub const LOG_MAX_FILE: &str = "2";
+
+/// What runs an exec container's processes, from least to most isolated
+/// from the host kernel (docs/threat-model-kernel.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// runc, the daemon's default runtime, sharing the host's user ids.
+    #[default]
+    Runc,
+    /// runc under the daemon's `userns-remap`: uid 0 in the container is an
+    /// unprivileged uid on the host. Refused unless the daemon has it.
+    UsernsRemap,
+    /// gVisor (`runsc`): a user-space kernel between the container and the
+    /// host's. Refused unless the daemon has a `runsc` runtime.
+    Gvisor,
+}
+
+impl Isolation {
+    /// The Docker runtime name this option asks for (`None`: the default).
+    pub fn runtime(self) -> Option<&'static str> {
+        match self {
+            Isolation::Gvisor => Some("runsc"),
+            Isolation::Runc | Isolation::UsernsRemap => None,
+        }
+    }
+
+    /// The name used in status output and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Runc => "runc",
+            Isolation::UsernsRemap => "userns-remap",
+            Isolation::Gvisor => "gvisor",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "runc" => Ok(Isolation::Runc),
+            "userns-remap" => Ok(Isolation::UsernsRemap),
+            "gvisor" | "runsc" => Ok(Isolation::Gvisor),
+            other => Err(format!(
+                "unknown isolation {other:?}: use runc, userns-remap or gvisor"
+            )),
+        }
+    }
+}
 
 /// Host paths that must never be (or contain) an org's data root.
 const SYSTEM_PATHS: &[&str] = &[
@@ -89,6 +157,10 @@ pub struct HardenedSpec {
     pub env: Vec<String>,
     /// Healthcheck argv run with exec form (`CMD`).
     pub healthcheck: Vec<String>,
+    /// The container's DNS server (default [`DNS_SINK`]): never loopback.
+    pub dns: IpAddr,
+    /// The runtime isolation (default [`Isolation::Runc`]).
+    pub isolation: Isolation,
 }
 
 impl HardenedSpec {
@@ -110,6 +182,8 @@ impl HardenedSpec {
             command,
             env: Vec::new(),
             healthcheck: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+            dns: IpAddr::V4(DNS_SINK),
+            isolation: Isolation::Runc,
         }
     }
 
@@ -151,6 +225,9 @@ impl HardenedSpec {
         if self.image.trim().is_empty() || self.command.is_empty() {
             return Err(SpecError::Empty);
         }
+        if !dns_is_sink(self.dns) {
+            return Err(SpecError::BadDns(self.dns));
+        }
         let folder = self.host_folder()?;
         let folder = folder.to_str().ok_or(SpecError::Escape)?;
         if folder.contains(':') || folder.contains(',') {
@@ -183,6 +260,15 @@ impl HardenedSpec {
                 maximum_retry_count: Some(0),
             }),
             devices: Some(Vec::new()),
+            dns: Some(vec![self.dns.to_string()]),
+            runtime: self.isolation.runtime().map(str::to_owned),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some(LOG_DRIVER.to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+                    ("max-file".to_owned(), LOG_MAX_FILE.to_owned()),
+                ])),
+            }),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
@@ -207,6 +293,13 @@ impl HardenedSpec {
             ..Default::default()
         })
     }
+}
+
+/// Whether `ip` may be an exec container's DNS server: an address, not
+/// loopback (dockerd would forward from the host's namespace), not
+/// unspecified, not multicast.
+pub fn dns_is_sink(ip: IpAddr) -> bool {
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
 }
 
 /// Refuse networks that are not an org's own user-defined network.

@@ -5,12 +5,18 @@
 //! section 4). Fails closed: an absent field that a check needs is a finding.
 //! Must never call Docker itself: it is a pure function over the inspect data.
 
+use std::path::PathBuf;
+
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
+
+use crate::spec::{Isolation, SCRATCH, WORKSPACE, dns_is_sink};
 
 /// One failed check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// CIS recommendation id, e.g. `"5.5"`.
+    /// CIS recommendation id, e.g. `"5.5"`; chokepoint's own exec checks
+    /// ([`verify_exec`]) use `cp-net`, `cp-mount`, `cp-ipv6`, `cp-dns`,
+    /// `cp-user`, `cp-isolation` and `cp-log`.
     pub cis_id: &'static str,
     /// What is wrong, in one line.
     pub message: String,
@@ -44,12 +50,13 @@ pub fn verify(c: &ContainerInspectResponse) -> Vec<Finding> {
         })
     };
 
-    // 4.1 a non-root user.
+    // 4.1 a non-root user. The runtime reads a numeric user as a number
+    // ("+0" and "00" are uid 0), so it is compared as one.
     match c.config.as_ref().and_then(|cfg| cfg.user.as_deref()) {
         None | Some("") => add("4.1", "no user set: the container runs as root".into()),
         Some(u) => {
-            let name = u.split(':').next().unwrap_or_default();
-            if name == "0" || name == "root" {
+            let name = u.split(':').next().unwrap_or_default().trim();
+            if name.is_empty() || name == "root" || numeric_uid(name).is_some_and(|id| id <= 0) {
                 add("4.1", format!("container runs as root ({u})"));
             }
         }
@@ -232,6 +239,165 @@ pub fn verify(c: &ContainerInspectResponse) -> Vec<Finding> {
     // 5.29 pids limit.
     if h.pids_limit.unwrap_or(0) <= 0 {
         add("5.29", "no pids limit".into());
+    }
+    f
+}
+
+/// A user field's uid, read as the runtime reads a number (an optional
+/// sign, any number of leading zeros); `None` for a name.
+fn numeric_uid(name: &str) -> Option<i64> {
+    name.parse::<i64>().ok()
+}
+
+/// What an exec container on an org network must look like, beyond the CIS
+/// checks of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecExpect {
+    /// The org's id.
+    pub org: String,
+    /// Its network: the only one the container may be attached to.
+    pub network: String,
+    /// The org's host folder, the only bind mount allowed (at `/workspace`);
+    /// `None`: the source must at least be a folder named after the org.
+    pub org_folder: Option<PathBuf>,
+    /// The isolation every exec container must run under.
+    pub isolation: Isolation,
+}
+
+/// [`verify`] plus what chokepoint requires of an exec container: attached
+/// to its org's network and nothing else (all of `NetworkSettings.Networks`),
+/// exactly the org's folder mounted (at `/workspace`; scratch only as tmpfs
+/// at `/tmp`), no sysctl under `net.ipv6.` (one could turn IPv6 back on), a
+/// DNS server that is set and not loopback (CVE-2024-29018), a numeric
+/// non-zero uid, the expected isolation, and a size-capped log. Fails
+/// closed: a field it needs that is absent is a finding.
+pub fn verify_exec(c: &ContainerInspectResponse, expect: &ExecExpect) -> Vec<Finding> {
+    let mut f = verify(c);
+    let mut add = |id: &'static str, msg: String| {
+        f.push(Finding {
+            cis_id: id,
+            message: msg,
+        })
+    };
+    let h = c.host_config.clone().unwrap_or_default();
+
+    let nets: Vec<String> = c
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .map(|n| n.keys().cloned().collect())
+        .unwrap_or_default();
+    if nets != [expect.network.clone()] {
+        add(
+            "cp-net",
+            format!("attached to {nets:?}, expected only {}", expect.network),
+        );
+    }
+    if h.network_mode.as_deref() != Some(expect.network.as_str()) {
+        add(
+            "cp-net",
+            format!(
+                "network mode {:?}, expected {}",
+                h.network_mode, expect.network
+            ),
+        );
+    }
+
+    let mounts = c.mounts.clone().unwrap_or_default();
+    let workspace_ok = |m: &bollard::models::MountPoint| {
+        let src = m.source.as_deref().unwrap_or_default();
+        m.typ.as_deref() == Some("bind")
+            && m.destination.as_deref() == Some(WORKSPACE)
+            && match &expect.org_folder {
+                Some(folder) => std::path::Path::new(src) == folder.as_path(),
+                None => std::path::Path::new(src)
+                    .file_name()
+                    .is_some_and(|n| n == expect.org.as_str()),
+            }
+    };
+    if mounts.len() != 1 || !mounts.iter().all(workspace_ok) {
+        let seen: Vec<String> = mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}",
+                    m.source.as_deref().unwrap_or("?"),
+                    m.destination.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        add(
+            "cp-mount",
+            format!("mounts {seen:?}, expected only the org folder at {WORKSPACE}"),
+        );
+    }
+    if h.tmpfs
+        .as_ref()
+        .is_some_and(|t| t.keys().any(|k| k != SCRATCH))
+    {
+        add("cp-mount", format!("tmpfs other than {SCRATCH}"));
+    }
+
+    let ipv6: Vec<&String> = h
+        .sysctls
+        .iter()
+        .flat_map(|s| s.keys())
+        .filter(|k| k.starts_with("net.ipv6."))
+        .collect();
+    if !ipv6.is_empty() {
+        add("cp-ipv6", format!("IPv6 sysctls set: {ipv6:?}"));
+    }
+
+    match h.dns.as_deref() {
+        None | Some([]) => add(
+            "cp-dns",
+            "no DNS server set: dockerd may forward queries from the host's namespace".into(),
+        ),
+        Some(servers) => {
+            for s in servers {
+                if !s.parse().is_ok_and(dns_is_sink) {
+                    add("cp-dns", format!("DNS server {s} is loopback or invalid"));
+                }
+            }
+        }
+    }
+
+    let user = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.user.as_deref())
+        .unwrap_or_default();
+    let uid = user.split(':').next().and_then(|u| numeric_uid(u.trim()));
+    if !uid.is_some_and(|id| id > 0) {
+        add(
+            "cp-user",
+            format!("user {user:?} is not a numeric non-zero uid"),
+        );
+    }
+
+    let runtime = h.runtime.as_deref().unwrap_or("runc");
+    match expect.isolation {
+        Isolation::Gvisor if runtime != "runsc" => add(
+            "cp-isolation",
+            format!("runtime {runtime}, expected runsc (gVisor)"),
+        ),
+        Isolation::UsernsRemap if h.userns_mode.as_deref() == Some("host") => add(
+            "cp-isolation",
+            "user namespace remapping disabled (userns_mode host)".into(),
+        ),
+        _ => {}
+    }
+
+    let log = h.log_config.unwrap_or_default();
+    let capped = log
+        .config
+        .as_ref()
+        .and_then(|c| c.get("max-size"))
+        .is_some_and(|v| !v.is_empty());
+    match log.typ.as_deref() {
+        Some("none") => {}
+        Some("json-file" | "local") if capped => {}
+        other => add("cp-log", format!("log driver {other:?} without a max-size")),
     }
     f
 }

@@ -14,7 +14,10 @@ use std::process::Command;
 
 use containers::bollard::models::{ContainerCreateBody, DeviceMapping, PortBinding};
 use containers::bollard::query_parameters::CreateContainerOptionsBuilder;
-use containers::{HardenedSpec, ImageFile, ImageSpec, Limits, OrgId, build_scratch_image, verify};
+use containers::{
+    ExecExpect, HardenedSpec, ImageFile, ImageSpec, Isolation, Limits, OrgId, build_scratch_image,
+    verify, verify_exec,
+};
 
 /// Removes every container, network and image a test made, even on panic.
 #[derive(Default)]
@@ -400,6 +403,9 @@ async fn verify_names_the_cis_id_of_each_bad_container() {
             b.host_config.as_mut().unwrap().security_opt = Some(vec![])
         }),
         ("root", "4.1", |b| b.user = Some("0:0".into())),
+        // The runtime reads these as numbers: uid 0.
+        ("rootplus", "4.1", |b| b.user = Some("+0".into())),
+        ("rootzeros", "4.1", |b| b.user = Some("00:00".into())),
         ("rootname", "4.1", |b| b.user = Some("root".into())),
         ("pid", "5.16", |b| {
             b.host_config.as_mut().unwrap().pid_mode = Some("host".into())
@@ -473,5 +479,176 @@ async fn verify_names_the_cis_id_of_each_bad_container() {
             f.iter().any(|x| x.cis_id == id),
             "{suffix}: expected {id}, got {f:?}"
         );
+    }
+}
+
+type Mutation = fn(&mut ContainerCreateBody, &Path);
+
+/// `verify_exec`: what an exec container on an org network must look like
+/// beyond the CIS checks, checked on real inspect output of a good
+/// container and of one bad container per check; the isolation options
+/// are refused on a daemon that lacks them (or, where it has them, run).
+#[tokio::test]
+async fn verify_exec_names_each_escape_of_an_exec_container() {
+    if !docker_available() {
+        return;
+    }
+    let mut w = world("vexec", vec![]);
+    let good = w.spec("orga", "sleep 30");
+    let base = good.to_create_body().unwrap();
+    let root = w.root.path().canonicalize().unwrap();
+    let expect = ExecExpect {
+        org: "orga".into(),
+        network: w.network.clone(),
+        org_folder: Some(root.join("orga")),
+        isolation: Isolation::Runc,
+    };
+    let docker = containers::connect().await.unwrap();
+
+    // The good spec: no findings; its DNS server and log cap are in force.
+    let good_name = w.create(&good, "good").await;
+    let c = docker.inspect_container(&good_name, None).await.unwrap();
+    assert!(
+        verify_exec(&c, &expect).is_empty(),
+        "{:?}",
+        verify_exec(&c, &expect)
+    );
+    let h = c.host_config.clone().unwrap();
+    assert_eq!(h.dns, Some(vec![containers::DNS_SINK.to_string()]));
+    let log = h.log_config.unwrap();
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    assert_eq!(
+        log.config.unwrap().get("max-size").map(String::as_str),
+        Some("1m")
+    );
+
+    // Attached to a second network afterwards (`docker network connect
+    // bridge`): the CIS checks see nothing, verify_exec does.
+    let out = Command::new("docker")
+        .args(["network", "connect", "bridge", &good_name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = docker.inspect_container(&good_name, None).await.unwrap();
+    assert!(verify(&c).is_empty(), "{:?}", verify(&c));
+    let f = verify_exec(&c, &expect);
+    assert!(f.iter().any(|x| x.cis_id == "cp-net"), "{f:?}");
+
+    // An isolation the container does not run under.
+    let gvisor = ExecExpect {
+        isolation: Isolation::Gvisor,
+        ..expect.clone()
+    };
+    let f = verify_exec(&c, &gvisor);
+    assert!(f.iter().any(|x| x.cis_id == "cp-isolation"), "{f:?}");
+
+    let cases: Vec<(&str, &str, Mutation)> = vec![
+        ("nodns", "cp-dns", |b, _| {
+            b.host_config.as_mut().unwrap().dns = None
+        }),
+        ("loopdns", "cp-dns", |b, _| {
+            b.host_config.as_mut().unwrap().dns = Some(vec!["127.0.0.1".into()])
+        }),
+        ("ipv6", "cp-ipv6", |b, _| {
+            b.host_config.as_mut().unwrap().sysctls = Some(std::collections::HashMap::from([(
+                "net.ipv6.conf.all.disable_ipv6".to_owned(),
+                "0".to_owned(),
+            )]))
+        }),
+        ("othermount", "cp-mount", |b, root| {
+            b.host_config
+                .as_mut()
+                .unwrap()
+                .binds
+                .as_mut()
+                .unwrap()
+                .push(format!("{}:/mnt/other:ro", root.join("orgb").display()))
+        }),
+        ("wrongorg", "cp-mount", |b, root| {
+            b.host_config.as_mut().unwrap().binds = Some(vec![format!(
+                "{}:/workspace:rw",
+                root.join("orgb").display()
+            )])
+        }),
+        ("plus0", "cp-user", |b, _| b.user = Some("+0".into())),
+        ("named", "cp-user", |b, _| b.user = Some("nobody".into())),
+        ("nolog", "cp-log", |b, _| {
+            b.host_config.as_mut().unwrap().log_config =
+                Some(containers::bollard::models::HostConfigLogConfig {
+                    typ: Some("local".into()),
+                    config: None,
+                })
+        }),
+    ];
+    for (suffix, id, mutate) in cases {
+        let mut body = base.clone();
+        mutate(&mut body, &root);
+        let name = format!("{}-{suffix}", w.tag);
+        w.guard.containers.push(name.clone());
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        docker
+            .create_container(Some(opts), body)
+            .await
+            .unwrap_or_else(|e| panic!("{suffix}: {e}"));
+        let c = docker.inspect_container(&name, None).await.unwrap();
+        let f = verify_exec(&c, &expect);
+        assert!(
+            f.iter().any(|x| x.cis_id == id),
+            "{suffix}: expected {id}, got {f:?}"
+        );
+    }
+
+    // "+0" really is root at run time, which is why it is a finding.
+    let mut plus0 = base.clone();
+    plus0.user = Some("+0".into());
+    plus0.cmd = Some(vec!["/bin/sh".into(), "-c".into(), "id -u".into()]);
+    let name = format!("{}-plus0run", w.tag);
+    w.guard.containers.push(name.clone());
+    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+    docker.create_container(Some(opts), plus0).await.unwrap();
+    let out = Command::new("timeout")
+        .args(["60", "docker", "start", "-a", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+
+    // The isolation options: run where the daemon has them, refused (before
+    // anything is created) where it does not.
+    let have = containers::DaemonIsolation::detect(&docker).await.unwrap();
+    eprintln!("daemon isolation: {have:?}");
+    for iso in [Isolation::Gvisor, Isolation::UsernsRemap] {
+        let mut spec = w.spec("orga", "id -u");
+        spec.isolation = iso;
+        let name = format!("{}-{}", w.tag, iso.as_str());
+        w.guard.containers.push(name.clone());
+        let made = containers::create_hardened(&docker, &spec, &name).await;
+        match have.supports(iso) {
+            Ok(()) => {
+                made.unwrap();
+                let c = docker.inspect_container(&name, None).await.unwrap();
+                let want = ExecExpect {
+                    isolation: iso,
+                    ..expect.clone()
+                };
+                assert!(
+                    verify_exec(&c, &want).is_empty(),
+                    "{:?}",
+                    verify_exec(&c, &want)
+                );
+            }
+            Err(_) => {
+                let err = made.unwrap_err().to_string();
+                assert!(err.contains(iso.as_str()), "{err}");
+                assert!(
+                    docker.inspect_container(&name, None).await.is_err(),
+                    "{name} was created although {} is missing",
+                    iso.as_str()
+                );
+            }
+        }
     }
 }

@@ -307,7 +307,7 @@ fn exec_containers_reach_only_the_proxy() {
         .unwrap();
     let inet = String::from_utf8_lossy(&inet.stdout);
     assert!(
-        inet.contains("iifname \"cp-0af000\" meta nfproto ipv6 drop"),
+        inet.contains("iifname \"cp-0af000\" drop"),
         "{inet}"
     );
 

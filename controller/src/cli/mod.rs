@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod boot;
 pub mod check;
 pub mod credential;
 pub mod image;
@@ -37,6 +38,8 @@ pub enum Command {
     Scrub(scrub::Args),
     /// Manage the worker's encrypted credentials (add, list, remove, rotate-key).
     Credential(credential::Args),
+    /// Install the systemd units that load the saved rules before Docker at boot.
+    InstallBoot(boot::Args),
 }
 
 impl Cli {
@@ -50,6 +53,7 @@ impl Cli {
             Command::Status(args) => reconcile::run_status(&args),
             Command::Scrub(args) => scrub::run(&args),
             Command::Credential(args) => credential::run(&args),
+            Command::InstallBoot(args) => boot::run(&args),
         }
     }
 }

@@ -17,13 +17,21 @@
 //!   br_netfilter is not loaded (Docker >= 27.3 loads it lazily) — bridged
 //!   frames never reach the inet hooks without it.
 //!
-//! IPv6: the `inet` table drops IPv6 whose input or output interface is an
+//! By interface: the `inet` table drops everything (any protocol, IPv4 or
+//! IPv6, any claimed source address) whose input or output interface is an
 //! exec network's bridge (the network is created with a fixed bridge name),
-//! so no IPv6 reaches the host or is routed; with br_netfilter that covers
-//! bridged IPv6 as well. The `bridge` table cannot name a bridge on kernels
-//! without CONFIG_NFT_BRIDGE_META, so without br_netfilter bridged IPv6
-//! relies on Docker keeping IPv6 off exec containers (proven in the Docker
-//! end-to-end test).
+//! except the proxy flow, and accepts the proxy's replies only within a
+//! connection the exec container opened (`ct state established`). With
+//! br_netfilter that covers bridged traffic as well. The `bridge` table
+//! cannot name a bridge or use conntrack on kernels without
+//! CONFIG_NFT_BRIDGE_META / nf_conntrack_bridge, so it matches addresses,
+//! and without br_netfilter bridged IPv6 relies on Docker keeping IPv6 off
+//! exec containers (proven in the Docker end-to-end test).
+//!
+//! Reboots: [`save_ruleset`] writes the rendered ruleset to a file (the
+//! controller does after every apply); the `chokepoint-nft.service` unit
+//! (controller/systemd/) loads it with `nft -j -f` before docker.service
+//! starts, so no exec container runs before the rules exist.
 //!
 //! In both, the only traffic an exec subnet may send is TCP to
 //! `proxy_ip:proxy_port`, and the only traffic it may receive is the proxy's
@@ -40,7 +48,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{
+    BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
+};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Drop as NfDrop, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -49,6 +59,10 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 pub const TABLE: &str = "chokepoint";
 /// Hook priority of every chain: before Docker's filter (0).
 pub const PRIORITY: i32 = -10;
+/// Where the controller saves the rendered ruleset for the boot unit
+/// (`controller/systemd/chokepoint-nft.service` loads it before Docker
+/// starts). Persistent storage, not tmpfs.
+pub const SAVED_RULESET: &str = "/var/lib/chokepoint/nft-ruleset.json";
 
 /// One org's exec network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +73,8 @@ pub struct ExecNet {
     pub subnet: Ipv4Net,
     /// The proxy's fixed address on that network.
     pub proxy: Ipv4Addr,
-    /// The Linux bridge of that network (IPv6 through it is dropped in the
-    /// `inet` table, see [`ipv6_rules`]).
+    /// The Linux bridge of that network (everything through it but the
+    /// proxy flow is dropped in the `inet` table, see [`chain_rules`]).
     pub bridge: String,
 }
 
@@ -132,57 +146,98 @@ fn text(s: &str) -> Expression<'static> {
     Expression::String(Cow::Owned(s.to_owned()))
 }
 
-/// The rules that drop IPv6 to and from an exec bridge in the `inet`
-/// table: IPv6 from an exec network to the host or routed anywhere, and,
-/// when br_netfilter passes bridged IPv6 to the inet hooks, between the
-/// bridge's ports too. The `bridge` table gets none: naming a bridge there
-/// needs `meta ibrname` (CONFIG_NFT_BRIDGE_META), which kernels may lack
-/// (this project's CI kernel does), so bridged IPv6 without br_netfilter is
-/// left to Docker (docs/threat-model-kernel.md).
-fn ipv6_rules(n: &ExecNet, family: NfFamily, forward: bool) -> Vec<Vec<Statement<'static>>> {
-    if family != NfFamily::INet {
-        return Vec::new();
-    }
-    let bridge = || text(&n.bridge);
-    let mut rules = vec![vec![
-        eq(meta(MetaKey::Iifname), bridge()),
-        eq(meta(MetaKey::Nfproto), text("ipv6")),
-        drop_(),
-    ]];
-    if forward {
-        rules.push(vec![
-            eq(meta(MetaKey::Oifname), bridge()),
-            eq(meta(MetaKey::Nfproto), text("ipv6")),
-            drop_(),
-        ]);
-    }
-    rules
+/// `ct state established`: the packet belongs to a connection whose first
+/// packet went the other way (the exec container opened it).
+fn established() -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::CT(CT {
+            key: Cow::Borrowed("state"),
+            family: None,
+            dir: None,
+        })),
+        right: text("established"),
+        op: Operator::IN,
+    })
+}
+
+/// `tcp flags & (syn | ack) == syn`: the first packet of a TCP connection.
+fn tcp_syn_only() -> Statement<'static> {
+    eq(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            payload("tcp", "flags"),
+            Expression::List(vec![text("syn"), text("ack")]),
+        ))),
+        text("syn"),
+    )
 }
 
 /// The rule bodies (statement lists) of one chain, for one family.
+///
+/// `inet` (routed traffic, traffic to the host, and bridged traffic when
+/// br_netfilter is loaded) matches the exec bridge by interface name, so a
+/// packet from that bridge is dropped whatever source address it claims (a
+/// container with `CAP_NET_RAW` outside `HardenedSpec` could spoof one),
+/// IPv6 included; the proxy's replies are accepted only within a
+/// connection an exec container opened (`ct state established`).
+///
+/// `bridge` cannot name the bridge (`meta ibrname` needs
+/// CONFIG_NFT_BRIDGE_META) nor use conntrack (`nf_conntrack_bridge`), both
+/// missing on this project's CI kernel: it matches addresses, and refuses a
+/// TCP connection opened from the proxy's port (a SYN without ACK) before
+/// it accepts the proxy's replies. A spoofed source sent to the host is
+/// still dropped by `inet` input, which sees every packet to the host.
 fn chain_rules(plan: &Plan, family: NfFamily, forward: bool) -> Vec<Vec<Statement<'static>>> {
     let mut rules = Vec::new();
     let port = u32::from(plan.proxy_port);
+    let inet = family == NfFamily::INet;
     for n in &plan.nets {
-        rules.extend(ipv6_rules(n, family, forward));
+        let bridge = || text(&n.bridge);
         if forward {
-            // exec -> proxy:port (bridged, or routed where the proxy is on
-            // another segment).
-            rules.push(vec![
+            // exec -> proxy:port, bridged.
+            let mut to_proxy = Vec::new();
+            if inet {
+                to_proxy.push(eq(meta(MetaKey::Iifname), bridge()));
+            }
+            to_proxy.extend([
                 eq(payload("ip", "saddr"), net(n.subnet)),
                 eq(payload("ip", "daddr"), addr(n.proxy)),
                 eq(payload("tcp", "dport"), Expression::Number(port)),
                 accept(),
             ]);
-            // The proxy's replies from that port.
-            rules.push(vec![
-                eq(payload("ip", "saddr"), addr(n.proxy)),
-                eq(payload("tcp", "sport"), Expression::Number(port)),
-                eq(payload("ip", "daddr"), net(n.subnet)),
-                accept(),
-            ]);
+            rules.push(to_proxy);
+            let from_proxy = || {
+                vec![
+                    eq(payload("ip", "saddr"), addr(n.proxy)),
+                    eq(payload("tcp", "sport"), Expression::Number(port)),
+                    eq(payload("ip", "daddr"), net(n.subnet)),
+                ]
+            };
+            if inet {
+                // The proxy's replies, only within a connection the exec
+                // container opened.
+                let mut reply = from_proxy();
+                reply.extend([established(), accept()]);
+                rules.push(reply);
+            } else {
+                // No conntrack here: a connection opened from the proxy's
+                // port is refused, then its replies are accepted.
+                let mut opened = from_proxy();
+                opened.extend([tcp_syn_only(), drop_()]);
+                rules.push(opened);
+                let mut reply = from_proxy();
+                reply.push(accept());
+                rules.push(reply);
+            }
         }
-        // Everything else from or to the exec subnet.
+        if inet {
+            // Everything else that enters from, or leaves through, the exec
+            // bridge: every protocol and family, whatever source it claims.
+            rules.push(vec![eq(meta(MetaKey::Iifname), bridge()), drop_()]);
+            if forward {
+                rules.push(vec![eq(meta(MetaKey::Oifname), bridge()), drop_()]);
+            }
+        }
+        // Everything else from or to the exec subnet, by address.
         rules.push(vec![eq(payload("ip", "saddr"), net(n.subnet)), drop_()]);
         if forward {
             rules.push(vec![eq(payload("ip", "daddr"), net(n.subnet)), drop_()]);
@@ -321,6 +376,27 @@ impl Firewall {
     pub fn drifted(&self, fingerprint: &[String]) -> Result<bool, FirewallError> {
         Ok(self.live()? != fingerprint)
     }
+}
+
+/// Write a rendered ruleset to `path` atomically (a temporary file in the
+/// same folder, synced, then renamed), creating the folder: the file the
+/// boot unit loads with `nft -j -f` before Docker starts.
+pub fn save_ruleset(ruleset: &Nftables<'_>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec(ruleset).map_err(std::io::Error::other)?;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// The number of rules `render` puts in each table (`inet`, `bridge`), for
