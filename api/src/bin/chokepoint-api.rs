@@ -1,0 +1,46 @@
+//! `chokepoint-api`: see [`api`] and docs/api.md.
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn fail(code: u8, line: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr().lock(), "chokepoint-api: {line}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let args = api::config::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let config = match api::config::Config::from_args(&args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => return fail(api::EXIT_CONFIG, &e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+    };
+    if args.check_config {
+        return match runtime.block_on(api::store::open(&config.store)) {
+            Ok(_) => {
+                let _ = writeln!(std::io::stderr().lock(), "chokepoint-api: configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(api::EXIT_UNAVAILABLE, &e.to_string()),
+        };
+    }
+    match runtime.block_on(api::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(api::EXIT_UNAVAILABLE, &format!("{e:#}")),
+    }
+}
