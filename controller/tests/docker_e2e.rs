@@ -851,3 +851,289 @@ fn wait_for_tables(families: &[&str], msg: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// What the two smaller tests below share: the guard, a temp folder, the
+/// exec image, a one-shot controller.
+struct Small {
+    clean: Cleanup,
+    tmp: PathBuf,
+    image: String,
+    base: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Small {
+    fn new(name: &str, base: &str) -> Small {
+        let pid = std::process::id();
+        let mut clean = Cleanup::default();
+        let tmp = std::env::temp_dir().join(format!("chokepoint-{name}-{pid}"));
+        std::fs::create_dir_all(tmp.join("state")).unwrap();
+        std::fs::create_dir_all(tmp.join("orgs")).unwrap();
+        clean.dirs.push(tmp.clone());
+        let image = format!("chokepoint-{name}:{pid}");
+        containers::build_scratch_image(&containers::ImageSpec::exec(&image)).unwrap();
+        clean.images.push(image.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Small {
+            clean,
+            tmp,
+            image,
+            base: base.to_owned(),
+            rt,
+        }
+    }
+
+    /// Write a policy with these orgs and run `egress-controller --once`;
+    /// the pass's report.
+    fn once(&mut self, orgs: &[&str]) -> serde_json::Value {
+        let mut policy = "version: v1\norgs:\n".to_owned();
+        for (i, o) in orgs.iter().enumerate() {
+            let clients = format!("192.0.2.{}/30", 4 * i);
+            policy.push_str(&format!("  {o}:\n    clients: [{clients}]\n"));
+            self.clean.networks.push(format!("chokepoint-{o}"));
+            let nets = self.clean.org_nets.get_or_insert_with(Vec::new);
+            if !nets.iter().any(|n| n.org == *o) {
+                let all = controller::network::plan(&[(*o).to_owned()], self.base.parse().unwrap());
+                nets.extend(all.unwrap());
+            }
+        }
+        let path = self.tmp.join("policy.yaml");
+        std::fs::write(&path, policy).unwrap();
+        let out = Command::new(CONTROLLER)
+            .args(["--once", "--policy"])
+            .arg(&path)
+            .args(["--subnet-base", &self.base, "--state-dir"])
+            .arg(self.tmp.join("state"))
+            .arg("--ruleset-file")
+            .arg(self.tmp.join("state/nft-ruleset.json"))
+            .arg("--data-root")
+            .arg(self.tmp.join("orgs"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "controller: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pass_report(&out.stdout)
+    }
+
+    /// Create and start a container from `spec`'s body, changed by `edit`.
+    fn start(
+        &mut self,
+        spec: &containers::HardenedSpec,
+        name: &str,
+        edit: impl FnOnce(&mut containers::bollard::models::ContainerCreateBody),
+    ) {
+        let mut body = spec.to_create_body().unwrap();
+        edit(&mut body);
+        self.clean.containers.push(name.to_owned());
+        self.rt.block_on(async {
+            let d = containers::connect().await.unwrap();
+            let opts = containers::bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                .name(name)
+                .build();
+            d.create_container(Some(opts), body).await.unwrap();
+        });
+        docker_ok(&["start", name]);
+    }
+
+    fn spec(&self, org: &str, net: &str) -> containers::HardenedSpec {
+        std::fs::create_dir_all(self.tmp.join("orgs").join(org)).unwrap();
+        containers::HardenedSpec::new(
+            containers::OrgId::parse(org).unwrap(),
+            self.image.clone(),
+            self.tmp.join("orgs"),
+            net.to_owned(),
+            vec!["/bin/sleep".into(), "600".into()],
+        )
+    }
+}
+
+fn docker_and_nft() -> bool {
+    let have_docker = docker(&["info", "--format", "{{.ServerVersion}}"])
+        .status
+        .success();
+    let have_nft = Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    e2e::require(
+        "the Docker daemon and nft (as root)",
+        have_docker && have_nft,
+    )
+}
+
+/// Docker's embedded DNS is not a way out (CVE-2024-29018): with the host's
+/// resolver on loopback (a recording DNS server on 127.0.0.153:53, added to
+/// /etc/resolv.conf for the seconds it takes to start two containers), a
+/// container created without the DNS setting gets a canary name to it on an
+/// affected daemon (so the probe can fail), while the hardened spec's
+/// container (DNS server = its network's gateway) gets nothing out;
+/// `verify_exec` names the first and a pass stops it.
+#[test]
+fn exec_dns_does_not_leave_through_a_loopback_host_resolver() {
+    if !docker_and_nft() {
+        return;
+    }
+    let _serial = serial();
+    let pid = std::process::id();
+    let mut w = Small::new("dns-e2e", "10.243.0.0/16");
+    let org = format!("d{pid}");
+    let net = format!("chokepoint-{org}");
+    w.once(&[&org]);
+    let version = docker_ok(&["version", "--format", "{{.Server.Version}}"]);
+    let affected = controller::daemon::cve_2024_29018_affected(&version);
+
+    let resolver = e2e::dns::DnsServer::start_on("127.0.0.153:53".parse().unwrap());
+    let original = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+    w.clean.resolv_conf = Some(original.clone());
+    // Appended: the host's own lookups still go to its first server.
+    std::fs::write(
+        "/etc/resolv.conf",
+        format!("{}\nnameserver 127.0.0.153\n", original.trim_end()),
+    )
+    .unwrap();
+    let (exposed, hardened) = (
+        format!("cp-dns-exposed-{pid}"),
+        format!("cp-dns-hard-{pid}"),
+    );
+    let mut spec = w.spec(&org, &net);
+    w.start(&spec, &exposed, |b| {
+        b.host_config.as_mut().unwrap().dns = None
+    });
+    spec.dns = "10.243.0.1".parse().unwrap(); // the gateway: no host address
+    w.start(&spec, &hardened, |_| {});
+    std::fs::write("/etc/resolv.conf", &original).unwrap();
+    w.clean.resolv_conf = None;
+
+    let lookup = |c: &str, name: &str| {
+        docker(&[
+            "exec",
+            c,
+            "/bin/sh",
+            "-c",
+            &format!("timeout 8 nslookup {name}"),
+        ])
+        .status
+        .success()
+    };
+    let leak = format!("leak{pid}.exfil.test");
+    lookup(&exposed, &leak);
+    assert_eq!(
+        resolver.seen(&leak) > 0,
+        affected,
+        "Docker {version}: a container without the DNS setting {} the host's loopback resolver",
+        if affected { "did not reach" } else { "reached" }
+    );
+    let canary = format!("canary{pid}.exfil.test");
+    assert!(
+        !lookup(&hardened, &canary),
+        "the hardened container resolved"
+    );
+    assert!(
+        !docker(&[
+            "exec",
+            &hardened,
+            "/bin/sh",
+            "-c",
+            &format!("timeout 5 nslookup {canary} 10.243.0.1")
+        ])
+        .status
+        .success(),
+        "a direct query to the gateway was answered"
+    );
+    assert_eq!(
+        resolver.seen(&canary),
+        0,
+        "the canary reached the host's resolver"
+    );
+
+    let report = w.once(&[&org]);
+    let stopped: Vec<&str> = report["containers_stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["container"].as_str().unwrap_or_default())
+        .collect();
+    assert!(stopped.iter().any(|c| c.contains(&exposed)), "{report}");
+    assert!(!stopped.iter().any(|c| c.contains(&hardened)), "{report}");
+    let findings = report["containers_stopped"].to_string();
+    assert!(findings.contains("cp-dns"), "{findings}");
+}
+
+/// Orgs keep their subnet: [a, c], then [a, b, c], then [a, b] all pass; c
+/// keeps its range while b is added, and c's network is drained (its
+/// container stopped) and deleted when c leaves the policy.
+#[test]
+fn org_subnets_stay_put_and_removed_orgs_go() {
+    if !docker_and_nft() {
+        return;
+    }
+    let _serial = serial();
+    let pid = std::process::id();
+    let mut w = Small::new("subnets-e2e", "10.244.0.0/16");
+    let (a, b, c) = (format!("s{pid}a"), format!("s{pid}b"), format!("s{pid}c"));
+    let subnet = |org: &str| {
+        docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            &format!("chokepoint-{org}"),
+        ])
+    };
+    let first = w.once(&[&a, &c]);
+    assert_eq!(
+        first["networks_created"].as_array().unwrap().len(),
+        2,
+        "{first}"
+    );
+    let c_range = subnet(&c);
+    assert_eq!(c_range, "10.244.1.0/24");
+    let member = format!("cp-subnets-c-{pid}");
+    let spec = w.spec(&c, &format!("chokepoint-{c}"));
+    w.start(&spec, &member, |_| {});
+
+    let second = w.once(&[&a, &b, &c]);
+    assert_eq!(
+        second["networks_created"],
+        serde_json::json!([format!("chokepoint-{b}")])
+    );
+    assert_eq!(subnet(&c), c_range, "c moved");
+    assert_eq!(subnet(&b), "10.244.2.0/24");
+    assert!(
+        second["containers_stopped"].as_array().unwrap().is_empty(),
+        "{second}"
+    );
+
+    let third = w.once(&[&a, &b]);
+    assert_eq!(
+        third["networks_removed"],
+        serde_json::json!([format!("chokepoint-{c}")])
+    );
+    assert!(
+        !docker(&["network", "inspect", &format!("chokepoint-{c}")])
+            .status
+            .success(),
+        "c's network is still there"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Running}}", &member]),
+        "false"
+    );
+    assert_eq!(subnet(&b), "10.244.2.0/24");
+    let inet = Command::new("nft")
+        .args(["list", "table", "inet", "chokepoint"])
+        .output()
+        .unwrap();
+    let inet = String::from_utf8_lossy(&inet.stdout);
+    assert!(
+        inet.contains("10.244.2.0/24") && !inet.contains("10.244.1.0/24"),
+        "{inet}"
+    );
+}
