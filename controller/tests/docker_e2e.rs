@@ -894,11 +894,6 @@ impl Small {
             let clients = format!("192.0.2.{}/30", 4 * i);
             policy.push_str(&format!("  {o}:\n    clients: [{clients}]\n"));
             self.clean.networks.push(format!("chokepoint-{o}"));
-            let nets = self.clean.org_nets.get_or_insert_with(Vec::new);
-            if !nets.iter().any(|n| n.org == *o) {
-                let all = controller::network::plan(&[(*o).to_owned()], self.base.parse().unwrap());
-                nets.extend(all.unwrap());
-            }
         }
         let path = self.tmp.join("policy.yaml");
         std::fs::write(&path, policy).unwrap();
@@ -913,6 +908,17 @@ impl Small {
             .arg(self.tmp.join("orgs"))
             .output()
             .unwrap();
+        // Whatever the pass put in DOCKER-USER is removed on drop, at the
+        // subnets it really gave out.
+        let state = controller::reconcile::State::load(&self.tmp.join("state"));
+        let nets = self.clean.org_nets.get_or_insert_with(Vec::new);
+        for (org, subnet) in &state.subnets {
+            if let Some(n) = controller::network::org_network(org, *subnet)
+                && !nets.contains(&n)
+            {
+                nets.push(n);
+            }
+        }
         assert!(
             out.status.success(),
             "controller: {}{}",
