@@ -119,7 +119,7 @@ fn status_reports_the_daemon_and_the_isolation_it_can_give() {
         let isolation = &daemon["isolation"];
         assert_eq!(isolation["expected"], iso, "{daemon}");
         assert_eq!(isolation["gvisor_runsc"], runsc, "{daemon}");
-        assert!(isolation["daemon_runtimes"].as_array().unwrap().len() >= 1);
+        assert!(!isolation["daemon_runtimes"].as_array().unwrap().is_empty());
         let available = isolation["available"].as_str().unwrap();
         match iso {
             "runc" => assert_eq!(available, "yes"),
