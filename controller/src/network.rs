@@ -175,13 +175,15 @@ pub async fn existing_assignments(
     Ok(out)
 }
 
-/// Whether `id`/`name` (from a network's container list) is `proxy` (a
-/// name or an id prefix, as Docker accepts).
-pub fn is_proxy(proxy: Option<&str>, id: &str, name: &str) -> bool {
-    proxy.is_some_and(|p| {
-        !p.is_empty()
-            && (name.trim_start_matches('/') == p.trim_start_matches('/') || id.starts_with(p))
-    })
+/// The full id of the proxy container, if it exists (compared exactly: a
+/// name or id prefix could match another container's id).
+pub async fn proxy_id(docker: &Docker, proxy: Option<&str>) -> Option<String> {
+    let proxy = proxy.filter(|p| !p.is_empty())?;
+    docker
+        .inspect_container(proxy, None)
+        .await
+        .ok()
+        .and_then(|c| c.id)
 }
 
 /// Drain and delete a removed org's network: every container on it but the
@@ -190,7 +192,7 @@ pub fn is_proxy(proxy: Option<&str>, id: &str, name: &str) -> bool {
 pub async fn remove_network(
     docker: &Docker,
     n: &OrgNetwork,
-    proxy: Option<&str>,
+    proxy_id: Option<&str>,
 ) -> Result<Vec<String>, NetworkError> {
     let net = match docker.inspect_network(&n.name, None).await {
         Ok(net) => net,
@@ -223,7 +225,7 @@ pub async fn remove_network(
                 },
             )
             .await?;
-        if !is_proxy(proxy, &id, &name) {
+        if proxy_id != Some(id.as_str()) {
             docker
                 .stop_container(
                     &id,

@@ -394,9 +394,10 @@ async fn docker_steps(
             Err(e) => report.fail("proxy_policy", &out.display().to_string(), e),
         }
     }
+    let proxy_id = network::proxy_id(docker, cfg.proxy_container.as_deref()).await;
     for n in removed {
         network::remove_docker_user_rules(std::slice::from_ref(n), cfg.proxy_port);
-        match network::remove_network(docker, n, cfg.proxy_container.as_deref()).await {
+        match network::remove_network(docker, n, proxy_id.as_deref()).await {
             Ok(stopped) => {
                 report.networks_removed.push(n.name.clone());
                 report
@@ -412,19 +413,21 @@ async fn docker_steps(
     }
     if cfg.enforce_containers {
         for n in nets {
-            if let Err(e) = enforce(docker, cfg, n, report).await {
+            if let Err(e) = enforce(docker, cfg, n, proxy_id.as_deref(), report).await {
                 report.fail("container_check", &n.name, e);
             }
         }
     }
 }
 
-/// Check every container on `n` but the proxy with `verify_exec`;
+/// Check every container on `n` but the proxy (`proxy_id`, exact) with
+/// `verify_exec`;
 /// disconnect each failing one from every network, then stop it.
 async fn enforce(
     docker: &Docker,
     cfg: &Config,
     n: &OrgNetwork,
+    proxy_id: Option<&str>,
     report: &mut Report,
 ) -> Result<(), bollard::errors::Error> {
     let net = match docker.inspect_network(&n.name, None).await {
@@ -442,7 +445,7 @@ async fn enforce(
     };
     for (id, ep) in net.containers.unwrap_or_default() {
         let name = ep.name.unwrap_or_default();
-        if network::is_proxy(cfg.proxy_container.as_deref(), &id, &name) {
+        if proxy_id == Some(id.as_str()) {
             continue;
         }
         let c = docker.inspect_container(&id, None).await?;

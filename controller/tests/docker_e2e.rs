@@ -397,6 +397,15 @@ fn exec_containers_reach_only_the_proxy() {
         .unwrap(),
     );
     let first = once();
+    // DOCKER-USER accepts are removed on drop at the subnets really given
+    // out (another run's networks may hold the first ones).
+    clean.org_nets = Some(
+        controller::reconcile::State::load(&tmp.join("state"))
+            .subnets
+            .iter()
+            .filter_map(|(org, subnet)| controller::network::org_network(org, *subnet))
+            .collect(),
+    );
     assert_eq!(
         first["networks_created"].as_array().unwrap().len(),
         2,
@@ -690,19 +699,25 @@ fn exec_containers_reach_only_the_proxy() {
 
     // Delete the table by hand: the running controller restores it.
     let daemon_log = tmp.join("daemon.log");
-    let mut daemon = Command::new(CONTROLLER)
-        .args(controller_args(false))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&daemon_log).unwrap())
-        .spawn()
-        .unwrap();
+    clean.daemon = Some(
+        Command::new(CONTROLLER)
+            .args(controller_args(false))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&daemon_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let ok = Command::new("nft")
         .args(["delete", "table", "bridge", "chokepoint"])
         .status()
         .unwrap();
     assert!(ok.success());
-    wait_for_tables(&["bridge"], "the controller did not restore the table");
+    wait_for_tables(
+        &["bridge"],
+        &daemon_log,
+        "the controller did not restore the table",
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.join("state/state.json")).unwrap()).unwrap();
     assert!(
@@ -801,6 +816,7 @@ fn exec_containers_reach_only_the_proxy() {
     }
     wait_for_tables(
         &["inet", "bridge"],
+        &daemon_log,
         "the controller did not restore the tables without the proxy and DOCKER-USER",
     );
     restore_docker_user();
@@ -810,8 +826,10 @@ fn exec_containers_reach_only_the_proxy() {
             "{kind:?} after the restore"
         );
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    if let Some(mut d) = clean.daemon.take() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
     let log = std::fs::read_to_string(&daemon_log).unwrap();
     assert!(
         log.contains("\"step\":\"proxy_attach\"") && log.contains("\"step\":\"docker_user\""),
@@ -837,7 +855,7 @@ fn pass_report(stdout: &[u8]) -> serde_json::Value {
 }
 
 /// Wait (20 s at most) until the `chokepoint` table of each family exists.
-fn wait_for_tables(families: &[&str], msg: &str) {
+fn wait_for_tables(families: &[&str], log: &Path, msg: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !families.iter().all(|f| {
         Command::new("nft")
@@ -847,7 +865,11 @@ fn wait_for_tables(families: &[&str], msg: &str) {
             .status
             .success()
     }) {
-        assert!(Instant::now() < deadline, "{msg}");
+        assert!(
+            Instant::now() < deadline,
+            "{msg}; controller log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
