@@ -795,18 +795,30 @@ fn exec_containers_reach_only_the_proxy() {
     // steps' failures are reported on their own.
     docker_ok(&["rm", "-f", &proxy]);
     clean.docker_user = true;
-    for args in [
-        &["-D", "FORWARD", "-j", "DOCKER-USER"][..],
-        &["-F", "DOCKER-USER"][..],
-        &["-X", "DOCKER-USER"][..],
-    ] {
-        let ok = Command::new("iptables")
-            .arg("-w")
-            .args(args)
+    // One transaction, so the running controller cannot put its accepts
+    // back between the flush and the delete.
+    let mut restore = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"*filter\n-D FORWARD -j DOCKER-USER\n-F DOCKER-USER\n-X DOCKER-USER\nCOMMIT\n")
+        .unwrap();
+    assert!(restore.wait().unwrap().success(), "deleting DOCKER-USER");
+    assert!(
+        !Command::new("iptables")
+            .args(["-w", "-S", "DOCKER-USER"])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
             .status()
-            .unwrap();
-        assert!(ok.success(), "iptables {args:?}");
-    }
+            .unwrap()
+            .success(),
+        "DOCKER-USER still there"
+    );
     for family in ["inet", "bridge"] {
         let ok = Command::new("nft")
             .args(["delete", "table", family, "chokepoint"])
