@@ -453,12 +453,13 @@ pub fn docker_user_rules(nets: &[OrgNetwork], port: u16) -> Vec<Vec<String>> {
 }
 
 /// Insert any missing [`docker_user_rules`] (checked with `iptables -C`).
-/// Returns how many were inserted.
+/// Returns how many were inserted. Waits at most 5 s for the xtables lock,
+/// so a held lock cannot stall the controller's loop.
 pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize, String> {
     let mut inserted = 0;
     for rule in docker_user_rules(nets, port) {
         let present = std::process::Command::new("iptables")
-            .args(["-w", "-C", "DOCKER-USER"])
+            .args(["-w", "5", "-C", "DOCKER-USER"])
             .args(&rule)
             .output()
             .map_err(|e| format!("iptables: {e}"))?
@@ -466,7 +467,7 @@ pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize,
             .success();
         if !present {
             let out = std::process::Command::new("iptables")
-                .args(["-w", "-I", "DOCKER-USER", "1"])
+                .args(["-w", "5", "-I", "DOCKER-USER", "1"])
                 .args(&rule)
                 .output()
                 .map_err(|e| format!("iptables: {e}"))?;
@@ -486,7 +487,7 @@ pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize,
 pub fn remove_docker_user_rules(nets: &[OrgNetwork], port: u16) {
     for rule in docker_user_rules(nets, port) {
         let _ = std::process::Command::new("iptables")
-            .args(["-w", "-D", "DOCKER-USER"])
+            .args(["-w", "5", "-D", "DOCKER-USER"])
             .args(&rule)
             .output();
     }
