@@ -128,3 +128,49 @@ fn status_reports_the_daemon_and_the_isolation_it_can_give() {
         }
     }
 }
+
+/// On a daemon affected by CVE-2024-29018, the controller logs its version
+/// and refuses to run with the container checks (which enforce the DNS
+/// setting) turned off, before it changes anything.
+#[test]
+fn controller_refuses_an_affected_daemon_without_container_checks() {
+    let version = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output();
+    let have_docker = version.as_ref().is_ok_and(|o| o.status.success());
+    if !e2e::require("the Docker daemon", have_docker) {
+        return;
+    }
+    let version = String::from_utf8(version.unwrap().stdout).unwrap();
+    if !controller::daemon::cve_2024_29018_affected(version.trim()) {
+        eprintln!("Docker {version} is not affected: nothing to refuse here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: v1\norgs:\n  refuseorg:\n    clients: [192.0.2.0/30]\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let ruleset = dir.path().join("ruleset.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_egress-controller"))
+        .args(["--once", "--unsafe-skip-container-checks", "--policy"])
+        .arg(&policy)
+        .args(["--subnet-base", "10.246.0.0/16", "--state-dir"])
+        .arg(&state)
+        .arg("--ruleset-file")
+        .arg(&ruleset)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stdout}{stderr}");
+    assert!(stderr.contains("CVE-2024-29018"), "{stderr}");
+    assert!(
+        stdout.contains("\"cve_2024_29018_affected\":true"),
+        "{stdout}"
+    );
+    assert!(!ruleset.exists() && !state.exists(), "it changed something");
+}
