@@ -51,6 +51,19 @@ fn install_boot_writes_the_units_of_the_tree_and_needs_a_saved_ruleset() {
     let nft = std::fs::read_to_string(tree.join("chokepoint-nft.service")).unwrap();
     assert!(nft.contains(controller::firewall::SAVED_RULESET), "{nft}");
     assert!(nft.contains("RequiredBy=docker.service"), "{nft}");
+    // Where systemd's own checker is installed, the boot unit passes it.
+    if e2e::have_tool("systemd-analyze") {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(tree.join("chokepoint-nft.service"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
