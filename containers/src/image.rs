@@ -15,7 +15,7 @@ use crate::spec::EXEC_UID;
 pub const EXEC_APPLETS: &[&str] = &[
     "sh", "id", "cat", "ls", "mkdir", "touch", "echo", "sleep", "wget", "nc", "head", "tail", "cp",
     "chmod", "timeout", "dd", "true", "false", "test", "grep", "rm", "env", "ps", "seq", "yes",
-    "tr", "sort", "wc",
+    "tr", "sort", "wc", "nslookup", "ping", "tftp",
 ];
 /// The CA bundle copied into every image.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

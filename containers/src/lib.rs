@@ -75,6 +75,10 @@ pub enum SpecError {
         "DNS server {0} refused: use an address nothing answers that is not loopback (e.g. the network's gateway)"
     )]
     BadDns(std::net::IpAddr),
+    /// The org folder is not a size-capped `nodev,nosuid` filesystem of its
+    /// own, as `HardenedSpec::workspace_max_bytes` asks.
+    #[error("workspace {0}")]
+    Workspace(String),
     /// The daemon lacks what the isolation option needs.
     #[error("isolation {0} is not available on this Docker daemon ({1})")]
     Isolation(&'static str, String),

@@ -161,6 +161,12 @@ pub struct HardenedSpec {
     pub dns: IpAddr,
     /// The runtime isolation (default [`Isolation::Runc`]).
     pub isolation: Isolation,
+    /// When set, the org folder must be a filesystem of its own, mounted
+    /// `nodev,nosuid`, of at most this many bytes (e.g. a loop-mounted image
+    /// or a tmpfs per org, docs/containers.md): the `/workspace` bind mount
+    /// inherits those flags and that size, since Docker's bind mounts take
+    /// neither a size nor `nosuid`. `None` (the default) checks nothing.
+    pub workspace_max_bytes: Option<u64>,
 }
 
 impl HardenedSpec {
@@ -184,6 +190,7 @@ impl HardenedSpec {
             healthcheck: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
             dns: IpAddr::V4(DNS_SINK),
             isolation: Isolation::Runc,
+            workspace_max_bytes: None,
         }
     }
 
@@ -229,6 +236,9 @@ impl HardenedSpec {
             return Err(SpecError::BadDns(self.dns));
         }
         let folder = self.host_folder()?;
+        if let Some(max) = self.workspace_max_bytes {
+            check_workspace_mount(&folder, max)?;
+        }
         let folder = folder.to_str().ok_or(SpecError::Escape)?;
         if folder.contains(':') || folder.contains(',') {
             return Err(SpecError::Escape);
@@ -315,6 +325,75 @@ pub fn check_network(name: &str) -> Result<(), SpecError> {
     } else {
         Ok(())
     }
+}
+
+/// Check that `folder` is a mount point (in `/proc/self/mountinfo`) whose
+/// options hold `nodev` and `nosuid`, of at most `max` bytes (statvfs).
+pub fn check_workspace_mount(folder: &Path, max: u64) -> Result<(), SpecError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| SpecError::Workspace(format!("cannot read mountinfo: {e}")))?;
+    // Fields: id parent major:minor root mount-point options ...; the last
+    // mount on a point is the one in force. Spaces are escaped as \040.
+    let opts = info
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let point = f.nth(4)?;
+            let opts = f.next()?;
+            (unescape_mountinfo(point) == folder.as_os_str().to_string_lossy()).then_some(opts)
+        })
+        .next_back()
+        .ok_or_else(|| {
+            SpecError::Workspace(format!(
+                "{} is not a filesystem of its own (mount a size-capped one there)",
+                folder.display()
+            ))
+        })?;
+    for flag in ["nodev", "nosuid"] {
+        if !opts.split(',').any(|o| o == flag) {
+            return Err(SpecError::Workspace(format!(
+                "{} is mounted without {flag} ({opts})",
+                folder.display()
+            )));
+        }
+    }
+    let st = rustix::fs::statvfs(folder)
+        .map_err(|e| SpecError::Workspace(format!("statvfs {}: {e}", folder.display())))?;
+    let size = st.f_blocks.saturating_mul(st.f_frsize);
+    if size == 0 || size > max {
+        return Err(SpecError::Workspace(format!(
+            "{} holds {size} bytes, more than the {max} allowed",
+            folder.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b.get(i), oct) {
+            (Some(b'\\'), Some(d)) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            (Some(c), _) => {
+                out.push(*c);
+                i += 1;
+            }
+            (None, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuse a path that is a system path or the Docker socket.

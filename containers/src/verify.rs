@@ -368,7 +368,7 @@ pub fn verify_exec(c: &ContainerInspectResponse, expect: &ExecExpect) -> Vec<Fin
         .and_then(|cfg| cfg.user.as_deref())
         .unwrap_or_default();
     let uid = user.split(':').next().and_then(|u| numeric_uid(u.trim()));
-    if !uid.is_some_and(|id| id > 0) {
+    if uid.is_none_or(|id| id <= 0) {
         add(
             "cp-user",
             format!("user {user:?} is not a numeric non-zero uid"),

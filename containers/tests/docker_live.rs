@@ -25,6 +25,7 @@ struct Guard {
     containers: Vec<String>,
     networks: Vec<String>,
     images: Vec<String>,
+    mounts: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Guard {
@@ -34,6 +35,9 @@ impl Drop for Guard {
         }
         for n in &self.networks {
             let _ = Command::new("docker").args(["network", "rm", n]).output();
+        }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
         }
         for i in &self.images {
             let _ = containers::remove_image(i);
@@ -651,4 +655,68 @@ async fn verify_exec_names_each_escape_of_an_exec_container() {
             }
         }
     }
+}
+
+/// The `/workspace` mount is size-capped and `nodev,nosuid` when the spec
+/// asks for it: the org folder must be its own filesystem with those flags
+/// (here a tmpfs per org), which the bind mount inherits; a plain folder, a
+/// filesystem without the flags or a larger one is refused.
+#[tokio::test]
+async fn workspace_is_a_capped_nodev_nosuid_filesystem() {
+    if !docker_available() {
+        return;
+    }
+    let mut w = world("wsmount", vec![]);
+    let root = w.root.path().canonicalize().unwrap();
+    let mount = |dir: &Path, opts: &str| {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::os::unix::fs::chown(dir, Some(65532), Some(65532)).unwrap();
+    };
+    let cap = 16 * 1024 * 1024;
+    // A plain folder is refused.
+    let mut plain = w.spec("orgb", "true");
+    plain.workspace_max_bytes = Some(cap);
+    let err = plain.to_create_body().unwrap_err().to_string();
+    assert!(err.contains("not a filesystem of its own"), "{err}");
+    // A filesystem without nosuid is refused, as is one larger than the cap
+    // (below).
+    w.guard.mounts.push(root.join("orgb"));
+    mount(&root.join("orgb"), "size=8m,nodev,mode=0755");
+    let err = plain.to_create_body().unwrap_err().to_string();
+    assert!(err.contains("nosuid"), "{err}");
+
+    w.guard.mounts.push(root.join("orga"));
+    mount(&root.join("orga"), "size=8m,nodev,nosuid,mode=0755");
+    let mut small = w.spec("orga", "true");
+    small.workspace_max_bytes = Some(4 * 1024 * 1024);
+    let err = small.to_create_body().unwrap_err().to_string();
+    assert!(err.contains("more than"), "{err}");
+    let mut spec = w.spec(
+        "orga",
+        "grep ' /workspace ' /proc/self/mountinfo; dd if=/dev/zero of=/workspace/big bs=1M count=32 2>&1; ls -ln /workspace/big",
+    );
+    spec.workspace_max_bytes = Some(cap);
+    let (_, out) = w.run(&spec, "capped").await;
+    let line = out
+        .lines()
+        .find(|l| l.contains(" /workspace "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert!(out.contains("No space left"), "{out}");
+    let size: u64 = out
+        .lines()
+        .find(|l| l.ends_with("/workspace/big"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(size <= 8 * 1024 * 1024, "{size}");
 }

@@ -7,21 +7,26 @@
 //! half) excludes the proxy's fixed address (`.2`), so no container that
 //! Docker places can take that address while the proxy is down.
 //!
-//! The subnets are derived, in org-id order, from a base (default
-//! `10.231.0.0/16`: org N gets `10.231.N.0/24`). The proxy's policy gets each
-//! org's subnet as its `clients` ([`proxy_policy`]).
+//! Subnets are /24s cut from a base (default `10.231.0.0/16`). An org keeps
+//! the subnet it was given, recorded on its network (label
+//! `chokepoint.subnet`) and in the controller's state: a new org gets the
+//! lowest free /24 ([`assign`]), so adding or removing an org never moves
+//! another. A removed org's network is drained (containers stopped) and
+//! deleted ([`remove_network`]). The proxy's policy gets each org's subnet
+//! as its `clients` ([`proxy_policy`]).
 //!
 //! Must never: touch a network it did not create (no `chokepoint.managed`
 //! label), or accept an existing network whose settings differ.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use bollard::Docker;
 use bollard::models::{
     EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest,
-    NetworkCreateRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest,
 };
+use bollard::query_parameters::{ListNetworksOptions, StopContainerOptions};
 use ipnet::Ipv4Net;
 
 use crate::firewall::ExecNet;
@@ -30,6 +35,8 @@ use crate::firewall::ExecNet;
 pub const MANAGED_LABEL: &str = "chokepoint.managed";
 /// Label naming the org of a network.
 pub const ORG_LABEL: &str = "chokepoint.org";
+/// Label recording the subnet an org was given (kept for good).
+pub const SUBNET_LABEL: &str = "chokepoint.subnet";
 
 /// Why reconciliation failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,29 +89,157 @@ impl OrgNetwork {
     }
 }
 
-/// Plan one network per org, in the order given (sort org ids first).
+/// Plan one network per org, in the order given, with no subnet given out
+/// yet (org N of the list gets the base's /24 number N).
 pub fn plan(orgs: &[String], base: Ipv4Net) -> Result<Vec<OrgNetwork>, NetworkError> {
-    let subnets: Vec<Ipv4Net> = base
-        .subnets(24)
-        .map_err(|_| NetworkError::NoRoom(base, 0))?
-        .collect();
-    orgs.iter()
-        .enumerate()
-        .map(|(i, org)| {
-            let subnet = *subnets.get(i).ok_or(NetworkError::NoRoom(base, i))?;
-            let net = u32::from(subnet.network());
-            let ip_range = Ipv4Net::new(Ipv4Addr::from(net + 128), 25)
-                .map_err(|_| NetworkError::NoRoom(base, i))?;
-            Ok(OrgNetwork {
-                org: org.clone(),
-                name: format!("chokepoint-{org}"),
-                subnet,
-                proxy: Ipv4Addr::from(net + 2),
-                ip_range,
-                bridge: format!("cp-{:06x}", net >> 8),
-            })
-        })
-        .collect()
+    assign(orgs, base, &BTreeMap::new())
+}
+
+/// Plan one network per org: an org in `existing` keeps its subnet; a new
+/// one gets the lowest /24 of `base` that no org of `existing` (present or
+/// removed but not yet deleted) and no other new org holds.
+pub fn assign(
+    orgs: &[String],
+    base: Ipv4Net,
+    existing: &BTreeMap<String, Ipv4Net>,
+) -> Result<Vec<OrgNetwork>, NetworkError> {
+    let mut taken: Vec<Ipv4Net> = existing.values().copied().collect();
+    let mut out = Vec::with_capacity(orgs.len());
+    for (i, org) in orgs.iter().enumerate() {
+        let subnet = match existing.get(org) {
+            Some(s) => *s,
+            None => {
+                let free = base
+                    .subnets(24)
+                    .map_err(|_| NetworkError::NoRoom(base, i))?
+                    .find(|s| !taken.contains(s))
+                    .ok_or(NetworkError::NoRoom(base, i))?;
+                taken.push(free);
+                free
+            }
+        };
+        out.push(org_network(org, subnet).ok_or(NetworkError::NoRoom(base, i))?);
+    }
+    Ok(out)
+}
+
+/// The network of `org` on `subnet` (a /24; `None` otherwise).
+pub fn org_network(org: &str, subnet: Ipv4Net) -> Option<OrgNetwork> {
+    if subnet.prefix_len() != 24 {
+        return None;
+    }
+    let net = u32::from(subnet.network());
+    let ip_range = Ipv4Net::new(Ipv4Addr::from(net + 128), 25).ok()?;
+    Some(OrgNetwork {
+        org: org.to_owned(),
+        name: format!("chokepoint-{org}"),
+        subnet,
+        proxy: Ipv4Addr::from(net + 2),
+        ip_range,
+        bridge: format!("cp-{:06x}", net >> 8),
+    })
+}
+
+/// The subnets of the networks chokepoint made inside `base`, by org (from
+/// the `chokepoint.subnet` label, or the network's IPAM config).
+pub async fn existing_assignments(
+    docker: &Docker,
+    base: Ipv4Net,
+) -> Result<BTreeMap<String, Ipv4Net>, NetworkError> {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{MANAGED_LABEL}=true")])]);
+    let nets = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await?;
+    let mut out = BTreeMap::new();
+    for n in nets {
+        let labels = n.labels.unwrap_or_default();
+        let Some(org) = labels.get(ORG_LABEL) else {
+            continue;
+        };
+        let ipam = n
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.subnet);
+        let subnet = labels
+            .get(SUBNET_LABEL)
+            .cloned()
+            .or(ipam)
+            .and_then(|s| s.parse::<Ipv4Net>().ok());
+        if let Some(subnet) = subnet.filter(|s| base.contains(s)) {
+            out.insert(org.clone(), subnet);
+        }
+    }
+    Ok(out)
+}
+
+/// The full id of the proxy container, if it exists (compared exactly: a
+/// name or id prefix could match another container's id).
+pub async fn proxy_id(docker: &Docker, proxy: Option<&str>) -> Option<String> {
+    let proxy = proxy.filter(|p| !p.is_empty())?;
+    docker
+        .inspect_container(proxy, None)
+        .await
+        .ok()
+        .and_then(|c| c.id)
+}
+
+/// Drain and delete a removed org's network: every container on it but the
+/// proxy is disconnected and stopped, the proxy disconnected, the network
+/// removed. Returns the containers stopped.
+pub async fn remove_network(
+    docker: &Docker,
+    n: &OrgNetwork,
+    proxy_id: Option<&str>,
+) -> Result<Vec<String>, NetworkError> {
+    let net = match docker.inspect_network(&n.name, None).await {
+        Ok(net) => net,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if net
+        .labels
+        .unwrap_or_default()
+        .get(MANAGED_LABEL)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return Err(NetworkError::Mismatch {
+            name: n.name.clone(),
+            what: "not labelled chokepoint.managed; left alone".into(),
+        });
+    }
+    let mut stopped = Vec::new();
+    for (id, c) in net.containers.unwrap_or_default() {
+        let name = c.name.unwrap_or_default();
+        docker
+            .disconnect_network(
+                &n.name,
+                NetworkDisconnectRequest {
+                    container: id.clone(),
+                    force: Some(true),
+                },
+            )
+            .await?;
+        if proxy_id != Some(id.as_str()) {
+            docker
+                .stop_container(
+                    &id,
+                    Some(StopContainerOptions {
+                        t: Some(0),
+                        ..Default::default()
+                    }),
+                )
+                .await?;
+            stopped.push(name);
+        }
+    }
+    docker.remove_network(&n.name).await?;
+    Ok(stopped)
 }
 
 fn options(n: &OrgNetwork) -> HashMap<String, String> {
@@ -187,6 +322,7 @@ pub async fn ensure_network(docker: &Docker, n: &OrgNetwork) -> Result<bool, Net
                     labels: Some(HashMap::from([
                         (MANAGED_LABEL.to_owned(), "true".to_owned()),
                         (ORG_LABEL.to_owned(), n.org.clone()),
+                        (SUBNET_LABEL.to_owned(), n.subnet.to_string()),
                     ])),
                     ..Default::default()
                 })
@@ -317,12 +453,13 @@ pub fn docker_user_rules(nets: &[OrgNetwork], port: u16) -> Vec<Vec<String>> {
 }
 
 /// Insert any missing [`docker_user_rules`] (checked with `iptables -C`).
-/// Returns how many were inserted.
+/// Returns how many were inserted. Waits at most 5 s for the xtables lock,
+/// so a held lock cannot stall the controller's loop.
 pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize, String> {
     let mut inserted = 0;
     for rule in docker_user_rules(nets, port) {
         let present = std::process::Command::new("iptables")
-            .args(["-w", "-C", "DOCKER-USER"])
+            .args(["-w", "5", "-C", "DOCKER-USER"])
             .args(&rule)
             .output()
             .map_err(|e| format!("iptables: {e}"))?
@@ -330,7 +467,7 @@ pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize,
             .success();
         if !present {
             let out = std::process::Command::new("iptables")
-                .args(["-w", "-I", "DOCKER-USER", "1"])
+                .args(["-w", "5", "-I", "DOCKER-USER", "1"])
                 .args(&rule)
                 .output()
                 .map_err(|e| format!("iptables: {e}"))?;
@@ -350,7 +487,7 @@ pub fn ensure_docker_user_rules(nets: &[OrgNetwork], port: u16) -> Result<usize,
 pub fn remove_docker_user_rules(nets: &[OrgNetwork], port: u16) {
     for rule in docker_user_rules(nets, port) {
         let _ = std::process::Command::new("iptables")
-            .args(["-w", "-D", "DOCKER-USER"])
+            .args(["-w", "5", "-D", "DOCKER-USER"])
             .args(&rule)
             .output();
     }
@@ -399,6 +536,26 @@ mod tests {
             assert!(n.subnet.contains(&n.proxy));
         }
         assert!(plan(&orgs, "10.231.0.0/24".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn subnets_stay_with_their_org() {
+        let base: Ipv4Net = "10.231.0.0/16".parse().unwrap();
+        let orgs = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let first = assign(&orgs(&["a", "c"]), base, &BTreeMap::new()).unwrap();
+        let held: BTreeMap<String, Ipv4Net> =
+            first.iter().map(|n| (n.org.clone(), n.subnet)).collect();
+        // b sorts between a and c: it gets a free /24, c keeps its own.
+        let second = assign(&orgs(&["a", "b", "c"]), base, &held).unwrap();
+        assert_eq!(second[0].subnet, first[0].subnet);
+        assert_eq!(second[2].subnet, first[1].subnet);
+        assert_eq!(second[1].subnet.to_string(), "10.231.2.0/24");
+        // A removed org's subnet is not given out while its network exists.
+        let mut held2 = held.clone();
+        held2.insert("b".into(), second[1].subnet);
+        let third = assign(&orgs(&["a", "d"]), base, &held2).unwrap();
+        assert_eq!(third[1].subnet.to_string(), "10.231.3.0/24");
+        assert!(assign(&orgs(&["x"]), "10.231.0.0/24".parse().unwrap(), &held).is_err());
     }
 
     #[test]

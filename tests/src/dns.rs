@@ -19,6 +19,8 @@ use hickory_proto::rr::{RData, Record, RecordType};
 struct Zone {
     answers: HashMap<String, Vec<Vec<IpAddr>>>,
     queries: HashMap<String, usize>,
+    /// Every query received, answered or not, by name.
+    seen: HashMap<String, usize>,
 }
 
 /// The DNS server; stops on drop.
@@ -32,7 +34,13 @@ pub struct DnsServer {
 impl DnsServer {
     /// Listen on 127.0.0.1 (a port is picked) and answer on a thread.
     pub fn start() -> DnsServer {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Listen on `addr` (e.g. a loopback address on port 53, to stand for
+    /// a host's resolver) and answer on a thread.
+    pub fn start_on(addr: SocketAddr) -> DnsServer {
+        let sock = UdpSocket::bind(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let addr = sock.local_addr().unwrap();
@@ -65,6 +73,12 @@ impl DnsServer {
         self.set(name, vec![addrs.to_vec()]);
     }
 
+    /// How many queries of any type arrived for `name`, answered or not.
+    pub fn seen(&self, name: &str) -> usize {
+        let z = self.zone.lock().unwrap();
+        z.seen.get(&name.to_ascii_lowercase()).copied().unwrap_or(0)
+    }
+
     /// How many queries (A and AAAA) arrived for `name`.
     pub fn queries(&self, name: &str) -> usize {
         let z = self.zone.lock().unwrap();
@@ -92,6 +106,7 @@ fn answer(zone: &Mutex<Zone>, packet: &[u8]) -> Option<Vec<u8>> {
     reply.metadata.authoritative = true;
     reply.add_query(q.clone());
     let mut z = zone.lock().unwrap();
+    *z.seen.entry(name.clone()).or_insert(0) += 1;
     let Some(seq) = z.answers.get(&name).cloned() else {
         reply.metadata.response_code = ResponseCode::NXDomain;
         return reply.to_vec().ok();

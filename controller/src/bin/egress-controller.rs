@@ -1,9 +1,12 @@
 //! `egress-controller`: keeps Docker networks, the proxy's attachments and
 //! the nftables rules in line with the policy (see `controller::reconcile`).
 //!
-//! `--once` runs one pass and exits (0, or 1 with the failing step); without
-//! it, a pass runs at start, on every Docker network/container event, and on
-//! a timer. Bad configuration exits 64.
+//! `--once` runs one pass and exits (0, or 1 with the failing steps);
+//! without it, a pass runs at start, on every Docker network/container
+//! event, and on a timer. The kernel rules are applied first in every pass,
+//! also while Docker is unreachable. Bad configuration exits 64; a Docker
+//! daemon affected by CVE-2024-29018 with the container checks turned off
+//! exits 78.
 //!
 //! `egress-controller worker …` runs the worker instead (see `worker::cli`).
 //! With `--worker`, the daemon starts that worker as a supervised child with
@@ -61,6 +64,22 @@ struct Args {
     /// `--worker-arg=--store=sqlite:/var/lib/chokepoint/worker.db`.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_arg: Vec<OsString>,
+    /// Save the rendered ruleset here after every apply; the boot unit
+    /// (`egressctl install-boot`) loads it before Docker starts.
+    #[arg(long, default_value = controller::firewall::SAVED_RULESET)]
+    ruleset_file: PathBuf,
+    /// The folder holding one folder per org: an exec container must mount
+    /// exactly its org's.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// The isolation every exec container must run under: runc,
+    /// userns-remap or gvisor.
+    #[arg(long, default_value = "runc")]
+    isolation: containers::Isolation,
+    /// Do not check (and stop) containers on org networks. Refused on a
+    /// Docker daemon affected by CVE-2024-29018.
+    #[arg(long)]
+    unsafe_skip_container_checks: bool,
 }
 
 /// `UID:GID`, both non-zero for the uid.
@@ -83,6 +102,10 @@ fn config(a: &Args) -> Config {
         proxy_port: a.proxy_port,
         state_dir: a.state_dir.clone(),
         firewall: Firewall::default(),
+        ruleset_file: Some(a.ruleset_file.clone()),
+        data_root: a.data_root.clone(),
+        isolation: a.isolation,
+        enforce_containers: !a.unsafe_skip_container_checks,
     }
 }
 
@@ -148,22 +171,35 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
             }
         }
     }
-    let docker = match containers::connect().await {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = writeln_err(&format!("egress-controller: docker: {e}"));
-            return ExitCode::FAILURE;
-        }
-    };
-    let pass = |why: &'static str| {
-        let (docker, cfg) = (&docker, &cfg);
+    // Docker may be down: the rules are applied regardless, and the
+    // connection is retried on every pass.
+    let mut docker = connect().await;
+    if docker.is_none() && !cfg.enforce_containers {
+        let _ = writeln_err(
+            "egress-controller: --unsafe-skip-container-checks needs the Docker daemon's version (CVE-2024-29018)",
+        );
+        return ExitCode::from(78);
+    }
+    if let Some(d) = &docker
+        && let Err(code) = check_daemon(d, &cfg).await
+    {
+        return code;
+    }
+    let pass = |why: &'static str, docker: Option<bollard::Docker>| {
+        let cfg = &cfg;
         async move {
-            match reconcile(docker, cfg).await {
+            match reconcile(docker.as_ref(), cfg).await {
                 Ok(report) => {
+                    let ok = report.is_ok();
+                    let event = if ok { "reconcile" } else { "reconcile_failed" };
                     let line =
-                        serde_json::json!({"event": "reconcile", "trigger": why, "report": report});
-                    let _ = writeln_out(&line.to_string());
-                    true
+                        serde_json::json!({"event": event, "trigger": why, "report": report});
+                    let _ = if ok {
+                        writeln_out(&line.to_string())
+                    } else {
+                        writeln_err(&line.to_string())
+                    };
+                    ok
                 }
                 Err(e) => {
                     let line = serde_json::json!({"event": "reconcile_failed", "trigger": why, "error": e.to_string()});
@@ -174,37 +210,94 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
         }
     };
     if args.once {
-        return if pass("once").await {
+        return if pass("once", docker.clone()).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         };
     }
-    pass("start").await;
-    let mut events = docker.events(None::<bollard::query_parameters::EventsOptions>);
+    pass("start", docker.clone()).await;
+    let mut events = docker.as_ref().map(|d| {
+        d.events(None::<bollard::query_parameters::EventsOptions>)
+            .boxed()
+    });
     let mut timer = tokio::time::interval(Duration::from_secs(args.interval_secs.max(1)));
     loop {
+        let next_event = async {
+            match events.as_mut() {
+                Some(ev) => ev.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = timer.tick() => { pass("timer").await; }
-            ev = events.next() => match ev {
+            _ = timer.tick() => {
+                if docker.is_none() {
+                    docker = connect().await;
+                    events = docker
+                        .as_ref()
+                        .map(|d| d.events(None::<bollard::query_parameters::EventsOptions>).boxed());
+                }
+                pass("timer", docker.clone()).await;
+            }
+            ev = next_event => match ev {
                 Some(Ok(ev)) => {
                     let kind = ev.typ.map(|t| format!("{t:?}")).unwrap_or_default().to_ascii_lowercase();
                     let action = ev.action.unwrap_or_default();
                     let relevant = (kind.contains("network") && ["create", "connect", "disconnect", "destroy"].contains(&action.as_str()))
                         || (kind.contains("container") && ["create", "start", "die", "destroy"].contains(&action.as_str()));
                     if relevant {
-                        pass("docker_event").await;
+                        pass("docker_event", docker.clone()).await;
                     }
                 }
                 Some(Err(_)) | None => {
                     // The event stream broke (dockerd restarted): reconnect,
                     // and reconcile, since anything may have changed.
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    events = docker.events(None::<bollard::query_parameters::EventsOptions>);
-                    pass("docker_reconnect").await;
+                    docker = connect().await;
+                    events = docker
+                        .as_ref()
+                        .map(|d| d.events(None::<bollard::query_parameters::EventsOptions>).boxed());
+                    pass("docker_reconnect", docker.clone()).await;
                 }
             },
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
+}
+
+/// Connect to Docker, or `None` (logged) when it does not answer.
+async fn connect() -> Option<bollard::Docker> {
+    match containers::connect().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let line = serde_json::json!({"event": "docker_unreachable", "error": e.to_string()});
+            let _ = writeln_err(&line.to_string());
+            None
+        }
+    }
+}
+
+/// Log the daemon's version; refuse one affected by CVE-2024-29018 when
+/// the container checks (which stop any exec container without a safe DNS
+/// server) are turned off.
+async fn check_daemon(docker: &bollard::Docker, cfg: &Config) -> Result<(), ExitCode> {
+    let version = match controller::daemon::detect(docker).await {
+        Ok(v) => v,
+        Err(e) => controller::daemon::DaemonVersion::new(&format!("unknown ({e})")),
+    };
+    let line = serde_json::json!({
+        "event": "docker_daemon",
+        "version": version.version,
+        "cve_2024_29018_affected": version.cve_2024_29018_affected,
+        "container_checks": cfg.enforce_containers,
+    });
+    let _ = writeln_out(&line.to_string());
+    if version.cve_2024_29018_affected && !cfg.enforce_containers {
+        let _ = writeln_err(&format!(
+            "egress-controller: Docker {} forwards container DNS from the host's namespace (CVE-2024-29018); refusing to run with --unsafe-skip-container-checks",
+            version.version
+        ));
+        return Err(ExitCode::from(78));
+    }
+    Ok(())
 }

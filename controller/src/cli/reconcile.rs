@@ -9,7 +9,7 @@ use clap::Args as ClapArgs;
 
 use super::{emit_line, fail_usage};
 use crate::firewall::Firewall;
-use crate::reconcile::{Config, State, firewall_plan, planned_networks, reconcile};
+use crate::reconcile::{Config, State, firewall_plan, held_subnets, networks_keeping, reconcile};
 
 /// Where the controller's inputs and state are.
 #[derive(Debug, Clone, ClapArgs)]
@@ -32,6 +32,15 @@ pub struct Args {
     /// Write the proxy's policy here (as egress-controller does).
     #[arg(long)]
     pub proxy_policy_out: Option<PathBuf>,
+    /// Save the rendered ruleset here (as egress-controller does).
+    #[arg(long)]
+    pub ruleset_file: Option<PathBuf>,
+    /// The folder holding one folder per org (as given to egress-controller).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// The isolation exec containers must run under: runc, userns-remap or gvisor.
+    #[arg(long, default_value = "runc")]
+    pub isolation: containers::Isolation,
 }
 
 impl Args {
@@ -44,6 +53,10 @@ impl Args {
             proxy_port: self.proxy_port,
             state_dir: self.state_dir.clone(),
             firewall: Firewall::default(),
+            ruleset_file: self.ruleset_file.clone(),
+            data_root: self.data_root.clone(),
+            isolation: self.isolation,
+            enforce_containers: true,
         }
     }
 }
@@ -62,15 +75,15 @@ pub fn run_reconcile(args: &Args) -> ExitCode {
         Err(e) => return fail_usage(&e.to_string()),
     };
     let result = rt.block_on(async {
-        let docker = containers::connect().await?;
-        reconcile(&docker, &cfg).await
+        let docker = containers::connect().await.ok();
+        reconcile(docker.as_ref(), &cfg).await
     });
     match result {
         Ok(report) => {
             let line = serde_json::to_string(&report).unwrap_or_default();
             match emit_line(&line) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
+                Ok(()) if report.is_ok() => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
             }
         }
         Err(e) => {
@@ -80,23 +93,28 @@ pub fn run_reconcile(args: &Args) -> ExitCode {
     }
 }
 
-/// `egressctl status`: one JSON line per org, then one for the tables.
+/// `egressctl status`: one JSON line per org, one for the Docker daemon and
+/// the exec isolation, then one for the tables.
 pub fn run_status(args: &Args) -> ExitCode {
     let cfg = args.config();
-    let nets = match planned_networks(&cfg) {
-        Ok(n) => n,
-        Err(e) => return fail_usage(&e.to_string()),
-    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail_usage(&e.to_string()),
     };
     let state = State::load(&cfg.state_dir);
+    let docker = rt.block_on(containers::connect()).ok();
+    let held = rt.block_on(held_subnets(docker.as_ref(), &cfg, &state));
+    let nets = match held
+        .map_err(anyhow::Error::msg)
+        .and_then(|held| networks_keeping(&cfg, &held))
+    {
+        Ok((nets, _)) => nets,
+        Err(e) => return fail_usage(&e.to_string()),
+    };
     let live = cfg.firewall.live().unwrap_or_default();
     let tables_match = !live.is_empty() && live == state.fingerprint;
     let mut all_ok = tables_match;
     let lines: Vec<String> = rt.block_on(async {
-        let docker = containers::connect().await.ok();
         let mut out = Vec::new();
         for n in &nets {
             let (network, proxy) = match &docker {
@@ -130,6 +148,38 @@ pub fn run_status(args: &Args) -> ExitCode {
                 .to_string(),
             );
         }
+        let daemon = match &docker {
+            Some(d) => {
+                let version = crate::daemon::detect(d).await.ok();
+                let iso = containers::DaemonIsolation::detect(d).await.ok();
+                let available = iso.as_ref().map(|i| i.supports(cfg.isolation));
+                if !matches!(available, Some(Ok(()))) {
+                    all_ok = false;
+                }
+                serde_json::json!({
+                    "docker_version": version.as_ref().map(|v| v.version.clone()),
+                    "cve_2024_29018_affected": version.as_ref().map(|v| v.cve_2024_29018_affected),
+                    "exec_dns": "a non-loopback server nothing answers, enforced by verify_exec",
+                    "isolation": {
+                        "expected": cfg.isolation.as_str(),
+                        "available": match &available {
+                            Some(Ok(())) => "yes".to_owned(),
+                            Some(Err(e)) => format!("no: {e}"),
+                            None => "unknown".to_owned(),
+                        },
+                        "daemon_userns_remap": iso.as_ref().map(|i| i.userns_remap),
+                        "daemon_runtimes": iso.as_ref().map(|i| i.runtimes.clone()),
+                        "gvisor_runsc": iso.as_ref().map(|i| i.runtimes.iter().any(|r| r == "runsc")),
+                    },
+                    "controller_containers_stopped_total": state.controller_containers_stopped_total,
+                })
+            }
+            None => {
+                all_ok = false;
+                serde_json::json!({"docker_version": null, "error": "docker unreachable"})
+            }
+        };
+        out.push(daemon.to_string());
         out
     });
     let expected_rules: serde_json::Map<String, serde_json::Value> =
