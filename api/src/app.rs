@@ -602,8 +602,8 @@ async fn upgrade(
     };
     let ws = ws
         .protocols([PROTOCOL])
-        .max_message_size(crate::frames::MAX_FRAME_BYTES)
-        .max_frame_size(crate::frames::MAX_FRAME_BYTES)
+        .max_message_size(crate::frames::TRANSPORT_LIMIT)
+        .max_frame_size(crate::frames::TRANSPORT_LIMIT)
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
