@@ -9,6 +9,7 @@ pub mod image;
 pub mod policy;
 pub mod reconcile;
 pub mod scrub;
+pub mod token;
 
 /// chokepoint's operator CLI.
 #[derive(Debug, Parser)]
@@ -34,6 +35,8 @@ pub enum Command {
     Status(reconcile::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
+    /// Mint bearer tokens for chokepoint-api.
+    Token(token::Args),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ impl Cli {
             Command::Reconcile(args) => reconcile::run_reconcile(&args),
             Command::Status(args) => reconcile::run_status(&args),
             Command::Scrub(args) => scrub::run(&args),
+            Command::Token(args) => token::run(&args),
         }
     }
 }
