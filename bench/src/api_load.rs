@@ -121,6 +121,20 @@ fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
+/// User + system CPU seconds of a process (`self` or a pid).
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall (11th and 12th after it), in clock ticks
+    // (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -393,6 +407,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }));
             }
             let t0 = Instant::now();
+            let pid = args.pid.to_string();
+            let (server0, client0) = (cpu_secs(&pid), cpu_secs("self"));
             post_events(&ctx, &conv, events, size, 4).await?;
             let posted_s = t0.elapsed().as_secs_f64();
             let mut kept = Vec::new();
@@ -400,15 +416,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 kept.push(r.await?);
             }
             let all_s = t0.elapsed().as_secs_f64();
+            let server_cpu = cpu_secs(&pid) - server0;
+            let client_cpu = cpu_secs("self") - client0;
             let (rss, peak) = rss_kib(args.pid)?;
             let delivered = frames.load(Ordering::Relaxed);
+            let per_frame = |cpu: f64| cpu * 1e6 / (delivered.max(1) as f64);
             writeln!(
                 out,
-                "fanout sockets={} events={events} size={size} sockets_with_all={} posted_events_per_s={:.0} delivered_frames={delivered} delivered_frames_per_s={:.0} seconds={all_s:.2} rss_kib={rss} peak_kib={peak}",
+                "fanout sockets={} events={events} size={size} sockets_with_all={} posted_events_per_s={:.0} delivered_frames={delivered} delivered_frames_per_s={:.0} seconds={all_s:.2} server_cpu_s={server_cpu:.2} server_cpu_us_per_frame={:.1} client_cpu_s={client_cpu:.2} client_cpu_us_per_frame={:.1} rss_kib={rss} peak_kib={peak}",
                 args.sockets,
                 done.load(Ordering::Relaxed),
                 events as f64 / posted_s,
-                delivered as f64 / all_s
+                delivered as f64 / all_s,
+                per_frame(server_cpu),
+                per_frame(client_cpu)
             )?;
             drop(kept);
         }
