@@ -80,7 +80,10 @@ async fn send_all(
     let mut connections = 0;
     let start = Instant::now();
     while acked < n {
-        assert!(start.elapsed() < Duration::from_secs(600), "hung: no progress bound");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "hung: no progress bound"
+        );
         let Some(ws) = connect(addr, &tls, &conversation, &token).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
