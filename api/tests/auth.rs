@@ -575,3 +575,54 @@ fn configuration_errors_exit_64() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_tickets_and_upgrades_before_any_101() {
+    let keys = Keys::new();
+    let store = keys.dir.path().join("api.db");
+    let api = start_with(
+        &keys,
+        &store,
+        &["--rate-per-user", "1", "--burst-per-user", "3"],
+        None,
+    );
+    let token = keys.token("org-a", "alice", 600);
+    let conv = api.conversation(&token).await;
+    // A burst of 3, refilled at 1/s: a quick run of mints meets a 429 (a
+    // slow machine may refill a token in between, so bound it, don't count).
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = api.ticket(&token, &conv, None).await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let limited = limited.expect("no 429 in 30 quick mints");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_security_headers(&limited, "429");
+    // Upgrades draw on the same bucket: a quick run of them meets a 429
+    // before any 101 beyond what refills allow.
+    let mut refused = false;
+    for _ in 0..30 {
+        match api
+            .ws(
+                &format!("/v1/conversations/{conv}/ws"),
+                &[("Authorization", &format!("Bearer {token}"))],
+            )
+            .await
+        {
+            Err(r) if r.status == 429 => {
+                refused = true;
+                break;
+            }
+            Err(r) => panic!("unexpected refusal {r:?}"),
+            Ok(_) => {}
+        }
+    }
+    assert!(refused, "no 429 on upgrades");
+    // Another user of the same org has their own bucket.
+    let bob = keys.token("org-a", "bob", 600);
+    assert_eq!(api.ticket(&bob, &conv, None).await.status, 201);
+}

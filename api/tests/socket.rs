@@ -342,3 +342,23 @@ async fn bad_frames_close_with_a_code() {
     assert!(!api.log_text().contains("panicked"));
     let _ = CloseCode::Normal;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sockets_with_1001() {
+    let keys = Keys::new();
+    let mut api = start(&keys);
+    let token = keys.token("acme", "alice", 600);
+    let conv = api.conversation(&token).await;
+    let mut ws = api.ws_bearer(&conv, &token, None).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &api.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(10)).await,
+        Some(1001)
+    );
+    let exit = api.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
