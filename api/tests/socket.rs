@@ -161,6 +161,9 @@ async fn events_are_scrubbed_ordered_and_replayable() {
             .status,
         401
     );
+    // An event whose frame would exceed 1 MiB is refused, not stored.
+    let near = serde_json::json!({"data": "q".repeat(1024 * 1024 - 20)}).to_string();
+    assert_eq!(api.service("POST", &path, Some(&near)).await.status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
