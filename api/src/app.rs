@@ -41,7 +41,9 @@ pub const PROTOCOL: &str = "chokepoint.v1";
 pub const TICKET_PREFIX: &str = "ticket.";
 /// Largest request body (an event's data is at most 1 MiB as a frame).
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Default and largest queue lease.
+/// Bytes an event frame adds around its data (`{"type":"event","seq":N,"data":}`).
+const EVENT_FRAME_OVERHEAD: usize = 64;
+/// Default queue lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Largest lease a claim may ask for.
 pub const MAX_LEASE: Duration = Duration::from_secs(3600);
@@ -602,8 +604,8 @@ async fn upgrade(
     };
     let ws = ws
         .protocols([PROTOCOL])
-        .max_message_size(crate::frames::MAX_FRAME_BYTES)
-        .max_frame_size(crate::frames::MAX_FRAME_BYTES)
+        .max_message_size(crate::frames::TRANSPORT_LIMIT)
+        .max_frame_size(crate::frames::TRANSPORT_LIMIT)
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
@@ -634,6 +636,12 @@ async fn post_event(
     let scrubbed = scrub::scrub_json(&req.data);
     let data = serde_json::value::to_raw_value(&scrubbed)
         .map_err(|e| ApiError::BadRequest(format!("event data: {e}")))?;
+    // The event frame around it must fit the 1 MiB frame limit.
+    if data.get().len() + EVENT_FRAME_OVERHEAD > crate::frames::MAX_FRAME_BYTES {
+        return Err(ApiError::BadRequest(
+            "event data larger than 1 MiB as a frame".into(),
+        ));
+    }
     let topic = state.hub.topic(&id);
     let seq = {
         let _order = topic.write.lock().await;

@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 
 /// Largest frame either side sends or accepts (1 MiB).
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// The transport's hard limit (twice [`MAX_FRAME_BYTES`]): a frame up to
+/// here is read whole and refused by the decoder with a clean 1009; a larger
+/// one is cut off at the frame header (1009 sent best effort, the rest of
+/// the frame never read).
+pub const TRANSPORT_LIMIT: usize = 2 * MAX_FRAME_BYTES;
 /// Longest client id.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 

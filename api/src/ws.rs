@@ -302,7 +302,16 @@ async fn write_loop(
             }
             m = out.recv() => match m {
                 Some(m) => {
-                    if sink.send(m).await.is_err() {
+                    // Everything already queued goes out with one flush.
+                    if sink.feed(m).await.is_err() {
+                        return;
+                    }
+                    while let Ok(m) = out.try_recv() {
+                        if sink.feed(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         return;
                     }
                 }

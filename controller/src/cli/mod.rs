@@ -11,6 +11,7 @@ pub mod image;
 pub mod policy;
 pub mod reconcile;
 pub mod scrub;
+pub mod token;
 
 /// chokepoint's operator CLI.
 #[derive(Debug, Parser)]
@@ -40,6 +41,8 @@ pub enum Command {
     Credential(credential::Args),
     /// Install the systemd units that load the saved rules before Docker at boot.
     InstallBoot(boot::Args),
+    /// Mint bearer tokens for chokepoint-api.
+    Token(token::Args),
 }
 
 impl Cli {
@@ -54,6 +57,7 @@ impl Cli {
             Command::Scrub(args) => scrub::run(&args),
             Command::Credential(args) => credential::run(&args),
             Command::InstallBoot(args) => boot::run(&args),
+            Command::Token(args) => token::run(&args),
         }
     }
 }
