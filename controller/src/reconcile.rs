@@ -154,7 +154,8 @@ pub async fn reconcile(docker: &Docker, cfg: &Config) -> anyhow::Result<Report> 
         let text = std::fs::read_to_string(&cfg.policy)?;
         let rendered = network::proxy_policy(&text, &nets).map_err(|e| anyhow::anyhow!(e))?;
         if std::fs::read_to_string(out).ok().as_deref() != Some(rendered.as_str()) {
-            std::fs::write(out, rendered)?;
+            // Renamed into place: a proxy reloading never reads half a file.
+            crate::atomic_file::write_atomic(out, rendered.as_bytes())?;
             report.proxy_policy_written = true;
         }
     }

@@ -1717,3 +1717,59 @@ fn the_descriptor_limit_is_raised_and_bounds_max_connections() {
         "{err}"
     );
 }
+
+#[test]
+fn a_request_past_its_deadline_is_cut_and_audited() {
+    // An upstream that accepts and never answers, with a long idle timeout:
+    // only the whole-request deadline ends the request.
+    let silent = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let held = silent.accept();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(held);
+    });
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy_reading(443, &[port]),
+        dns.addr,
+        &[
+            "--request-timeout-secs",
+            "1",
+            "--upstream-idle-timeout-secs",
+            "60",
+        ],
+    );
+    let started = Instant::now();
+    let mut c = TcpStream::connect(proxy.listen).unwrap();
+    c.write_all(
+        format!("GET http://127.0.0.2:{port}/slow HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let _ = read_to_close(&mut c);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the connection outlived the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(audit_reasons(&proxy, "request_deadline", 1).len(), 1);
+    holder.join().unwrap();
+}
+
+#[test]
+fn compose_keeps_the_admin_listener_on_loopback_with_a_token() {
+    let text = std::fs::read_to_string(e2e::workspace_root().join("compose.yaml")).unwrap();
+    let admin: SocketAddr = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- --admin-listen="))
+        .expect("compose.yaml sets --admin-listen")
+        .parse()
+        .unwrap();
+    assert!(admin.ip().is_loopback(), "{admin}");
+    assert!(
+        text.contains("EGRESS_ADMIN_TOKEN_FILE:"),
+        "no admin token file"
+    );
+}
