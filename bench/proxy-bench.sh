@@ -100,7 +100,7 @@ http_port 127.0.0.1:13129
 http_access allow all
 cache deny all
 cache_mem 0 MB
-# stdio: squid writes the log itself (the default `daemon` module would
+# stdio: squid writes the log itself (the default daemon module would
 # move the writing into a helper process whose CPU is not counted here).
 access_log stdio:$TMP/squid-access.log squid
 cache_log $TMP/squid-cache.log
