@@ -82,7 +82,8 @@ async fn run(args: &Args) -> anyhow::Result<(Vec<Duration>, u64)> {
     let mut slow = Vec::with_capacity(args.slow);
     for _ in 0..args.slow {
         let (stop, sent) = (stop.clone(), sent.clone());
-        let (proxy, url, host, limit) = (args.proxy, args.url.clone(), host.clone(), args.head_bytes);
+        let (proxy, url, host, limit) =
+            (args.proxy, args.url.clone(), host.clone(), args.head_bytes);
         slow.push(tokio::spawn(async move {
             let Ok(mut s) = TcpStream::connect(proxy).await else {
                 return;
@@ -131,9 +132,13 @@ async fn run(args: &Args) -> anyhow::Result<(Vec<Duration>, u64)> {
             }
             got.extend_from_slice(buf.get(..n).unwrap_or_default());
             if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(got.get(..end).unwrap_or_default()).to_ascii_lowercase();
+                let head = String::from_utf8_lossy(got.get(..end).unwrap_or_default())
+                    .to_ascii_lowercase();
                 if !head.starts_with("http/1.1 200") {
-                    bail!("normal request failed: {}", head.lines().next().unwrap_or_default());
+                    bail!(
+                        "normal request failed: {}",
+                        head.lines().next().unwrap_or_default()
+                    );
                 }
                 let len: usize = head
                     .lines()
