@@ -84,6 +84,8 @@ pub(crate) struct Record {
 
 /// How long a line may wait in memory before the writer thread writes it.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait for a line that must be on disk before the caller goes on.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// How often a failing sink is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 /// Queued bytes at which the writer is woken early.
@@ -201,7 +203,8 @@ impl AuditLog {
             q.waiters.push(tx);
         }
         self.inner.wake.notify_one();
-        rx.await.unwrap_or(false)
+        // A sink that hangs (a stuck disk) is a failing sink too.
+        matches!(tokio::time::timeout(DURABLE_WAIT, rx).await, Ok(Ok(true)))
     }
 
     /// Wait until every line queued so far is written and flushed.
