@@ -31,8 +31,10 @@ ulimit -n 8192 || true
 
 echo "building egress-proxy (release)..." >&2
 cargo build --release -q -p egress-proxy -p chokepoint-bench
-PROXY_BIN=$ROOT/target/release/egress-proxy
-LOAD=$ROOT/target/release/tunnel-load
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PROXY_BIN=$TARGET_DIR/release/egress-proxy
+LOAD=$TARGET_DIR/release/tunnel-load
+TRICKLE=$TARGET_DIR/release/head-trickle
 TOOLS=$ROOT/bench/tools.py
 
 # --- origin ---------------------------------------------------------------
@@ -70,6 +72,7 @@ python3 "$TOOLS" dns 15353 127.0.0.3 & PIDS+=($!)
 cat > "$TMP/policy.yaml" <<EOF
 version: v1
 unsafe_allow_ranges: [127.0.0.2/32, 127.0.0.3/32]
+read_ports: [18080]
 package_repos:
   - host: repo.chokepoint.dev
     ports: [18443]
@@ -81,9 +84,13 @@ EOF
 # other core's worth of this 2-core machine, and a second proxy thread
 # only adds wake-ups (bench/README.md has the A/B). EGRESS_THREADS=2 to
 # compare.
+# Both proxies log every request to a file, as deployed (issue #11): the
+# audit log here, squid's access log below. The caps are raised for the
+# 1,000 idle tunnels, all from one client address.
 "$PROXY_BIN" --policy "$TMP/policy.yaml" --listen 127.0.0.1:13128 --admin-listen 127.0.0.1:19090 \
     --threads "${EGRESS_THREADS:-1}" \
-    --dns-server 127.0.0.1:15353 --audit-log /dev/null 2>"$TMP/egress.err" & EGRESS_PID=$!; PIDS+=($EGRESS_PID)
+    --max-connections-per-client 8192 --max-connections-per-org 8192 --max-tunnels-per-org 8192 \
+    --dns-server 127.0.0.1:15353 --audit-log "$TMP/egress-audit.jsonl" 2>"$TMP/egress.err" & EGRESS_PID=$!; PIDS+=($EGRESS_PID)
 
 # --- squid ----------------------------------------------------------------
 echo "127.0.0.3 repo.chokepoint.dev" > "$TMP/hosts"
@@ -93,7 +100,9 @@ http_port 127.0.0.1:13129
 http_access allow all
 cache deny all
 cache_mem 0 MB
-access_log none
+# stdio: squid writes the log itself (the default daemon module would
+# move the writing into a helper process whose CPU is not counted here).
+access_log stdio:$TMP/squid-access.log squid
 cache_log $TMP/squid-cache.log
 pid_filename $TMP/squid.pid
 coredump_dir $TMP
@@ -207,6 +216,14 @@ for round in $(seq "$ROUNDS"); do
     measure "$round" tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
 done
 
+# Slow heads: connections trickling 64 KiB heads one byte at a time, while
+# one client measures normal forwarded requests (issue #11, item 9).
+TRICKLE_OUT=$("$TRICKLE" --proxy 127.0.0.1:13128 --url http://127.0.0.2:18080/small \
+    --slow "${TRICKLE_CONNECTIONS:-200}" --seconds "${TRICKLE_SECONDS:-10}")
+
 echo
 echo "chokepoint proxy bench — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $ROUNDS rounds (medians), egress-proxy --threads ${EGRESS_THREADS:-1}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$TOOLS" report "$RESULTS"
+echo
+echo "slow heads (egress-proxy): $TRICKLE_OUT"
+echo "log sizes: egress-proxy audit $(wc -l < "$TMP/egress-audit.jsonl") lines, squid access $(wc -l < "$TMP/squid-access.log") lines"

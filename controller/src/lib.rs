@@ -3,6 +3,7 @@
 //! Subcommands of `egressctl` live in [`cli`], one module each.
 #![forbid(unsafe_code)]
 
+pub mod atomic_file;
 pub mod cli;
 pub mod daemon;
 pub mod firewall;

@@ -385,7 +385,8 @@ async fn docker_steps(
                 if std::fs::read_to_string(out).ok().as_deref() == Some(rendered.as_str()) {
                     return Ok(false);
                 }
-                std::fs::write(out, rendered)
+                // Renamed into place: a proxy reloading never reads half a file.
+                crate::atomic_file::write_atomic(out, rendered.as_bytes())
                     .map(|()| true)
                     .map_err(|e| e.to_string())
             });

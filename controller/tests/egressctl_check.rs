@@ -98,6 +98,34 @@ fn denials_exit_1_with_the_reason() {
             "unknown_org",
         ),
         (&["GET", "http://user:pw@example.com/"], "userinfo_in_url"),
+        // `--resolve` for a name netpolicy refuses: the denial, not exit 2.
+        (
+            &[
+                "--resolve",
+                "xn--80ak6aa92e.com=93.184.215.14",
+                "GET",
+                "http://xn--80ak6aa92e.com/",
+            ],
+            "idn_spoof",
+        ),
+        (
+            &[
+                "--resolve",
+                "localhost=127.0.0.1",
+                "GET",
+                "http://localhost/",
+            ],
+            "special_use_name",
+        ),
+        (
+            &[
+                "--resolve",
+                "example.com=93.184.215.14",
+                "GET",
+                "http://example.com:6379/",
+            ],
+            "port_not_allowed",
+        ),
     ];
     for (args, reason) in cases {
         let (code, v) = check(args);

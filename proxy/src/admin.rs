@@ -1,8 +1,12 @@
 //! The admin listener: `GET /metrics`, `GET /healthz`, `GET /readyz`,
 //! `POST /reload`. One request per connection.
 //!
-//! Owns: routing those four endpoints. Must never: be exposed on the proxy
-//! port, or answer anything but these endpoints (everything else is 404).
+//! Owns: routing those four endpoints, and the token check of `POST
+//! /reload` (`Authorization: Bearer <token>`, the token read from the file
+//! named by `EGRESS_ADMIN_TOKEN_FILE`, compared in constant time). Must
+//! never: be exposed on the proxy port or a network exec containers share,
+//! reload without the token, or answer anything but these endpoints
+//! (everything else is 404).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,6 +69,11 @@ async fn handle(shared: SharedRef, mut tcp: TcpStream) {
                 (503, "text/plain", b"not ready\n".to_vec())
             }
         }
+        ("POST", "/reload") if !authorized(&shared, buf.get(..head.len).unwrap_or_default()) => (
+            401,
+            "text/plain",
+            b"POST /reload needs `Authorization: Bearer <token>` (the token in EGRESS_ADMIN_TOKEN_FILE); SIGHUP reloads too\n".to_vec(),
+        ),
         ("POST", "/reload") => match crate::reload::reload(&shared).await {
             Ok(generation) => (
                 200,
@@ -81,6 +90,31 @@ async fn handle(shared: SharedRef, mut tcp: TcpStream) {
     let _ = respond(&mut tcp, status, ctype, &body).await;
 }
 
+/// Whether the head carries `Authorization: Bearer <the admin token>`. No
+/// token configured: never.
+fn authorized(shared: &SharedRef, head: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(token) = shared.admin_token.as_deref() else {
+        return false;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let mut values = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"));
+    let (Some(h), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    match h.value.strip_prefix(b"Bearer ") {
+        Some(given) => bool::from(given.trim_ascii().ct_eq(token)),
+        None => false,
+    }
+}
+
 async fn respond(
     tcp: &mut TcpStream,
     status: u16,
@@ -90,6 +124,7 @@ async fn respond(
     let phrase = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         422 => "Unprocessable Entity",

@@ -2,16 +2,19 @@
 //! where text leaving the proxy is scrubbed.
 //!
 //! Owns: the record shape and its serialization, the queue and writer
-//! thread that append lines to the `--audit-log` file (or stdout), and
+//! thread that append lines to the `--audit-log` file (or stdout), whether
+//! the sink is failing (the proxy then refuses new requests), and
 //! [`scrub`], which every free-text audit field and every denial body
 //! passes through. Must never: write a URL path or query, a header value,
-//! or an unscrubbed free-text field.
+//! or an unscrubbed free-text field; drop a line on a write error while
+//! there is room to keep it.
 
 use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,9 +26,34 @@ pub(crate) fn scrub(text: &str) -> Cow<'_, str> {
     scrub::scrub_str(text)
 }
 
+/// What an audit line records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A forwarded request, or any denial: one line at its end.
+    Request,
+    /// A tunnel that passed every check, written (and on disk) before a
+    /// byte of it goes upstream, so even a SIGKILL leaves a trace.
+    TunnelOpen,
+    /// The end of a tunnel, with its byte counts.
+    TunnelClose,
+}
+
+impl Event {
+    /// `request`, `tunnel_open` or `tunnel_close`.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Event::Request => "request",
+            Event::TunnelOpen => "tunnel_open",
+            Event::TunnelClose => "tunnel_close",
+        }
+    }
+}
+
 /// One audit record.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
+    /// What the line records.
+    pub(crate) event: Event,
     /// The client's org (`None` for an unknown client).
     pub(crate) org: Option<String>,
     /// The client's address.
@@ -56,6 +84,10 @@ pub(crate) struct Record {
 
 /// How long a line may wait in memory before the writer thread writes it.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait for a line that must be on disk before the caller goes on.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+/// How often a failing sink is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 /// Queued bytes at which the writer is woken early.
 const WAKE_AT: usize = 64 * 1024;
 /// Queued bytes at which request tasks wait for the writer: a stuck disk
@@ -71,16 +103,21 @@ struct Queue {
     flush_wanted: u64,
     /// The last `flush_wanted` value the writer has completed.
     flush_done: u64,
+    /// Tasks waiting for their line to be written (true) or to fail (false).
+    waiters: Vec<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// State shared by [`AuditLog`] and its writer thread.
-#[derive(Default)]
 struct Inner {
     queue: Mutex<Queue>,
     /// Signalled when the writer should run now (queue large, flush wanted).
     wake: Condvar,
     /// Signalled when the writer has taken the queue or finished a flush.
     drained: Condvar,
+    /// Set by the writer when a write fails, cleared when one succeeds.
+    failing: AtomicBool,
+    /// `egress_audit_write_errors_total`.
+    errors: prometheus::IntCounter,
 }
 
 /// Where audit lines go. Request tasks render, scrub and append to an
@@ -92,13 +129,23 @@ pub(crate) struct AuditLog {
 }
 
 impl AuditLog {
-    /// Append to `path`, or write to stdout when `None`.
-    pub(crate) fn open(path: Option<&Path>) -> std::io::Result<AuditLog> {
+    /// Append to `path`, or write to stdout when `None`; count failed
+    /// writes in `errors`.
+    pub(crate) fn open(
+        path: Option<&Path>,
+        errors: prometheus::IntCounter,
+    ) -> std::io::Result<AuditLog> {
         let out: Box<dyn Write + Send> = match path {
             Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
             None => Box::new(std::io::stdout()),
         };
-        let inner = Arc::new(Inner::default());
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+            failing: AtomicBool::new(false),
+            errors,
+        });
         let writer_inner = inner.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -106,14 +153,25 @@ impl AuditLog {
         Ok(AuditLog { inner })
     }
 
-    /// Queue one record as one line. Never fails the request: a write error
-    /// is logged by the writer.
+    /// Whether the sink is writable: false from a failed write until the
+    /// next one succeeds. While false the proxy serves nothing.
+    pub(crate) fn available(&self) -> bool {
+        !self.inner.failing.load(Ordering::Relaxed)
+    }
+
+    /// Queue one record as one line. A write error is counted and logged by
+    /// the writer, and turns [`AuditLog::available`] false.
     pub(crate) fn write(&self, r: &Record) {
         let line = render(r, SystemTime::now());
         let Ok(mut q) = self.inner.queue.lock() else {
             tracing::error!("the audit queue is poisoned; audit line lost");
             return;
         };
+        if q.pending.len() >= QUEUE_CAP && !self.available() {
+            // The sink is failing and every request is refused: the lines
+            // of those refusals are not worth stopping a thread for.
+            return;
+        }
         while q.pending.len() >= QUEUE_CAP {
             self.inner.wake.notify_one();
             q = match self.inner.drained.wait(q) {
@@ -126,6 +184,27 @@ impl AuditLog {
         if q.pending.len() >= WAKE_AT {
             self.inner.wake.notify_one();
         }
+    }
+
+    /// Queue one record and wait until it is written and flushed: `false`
+    /// when the write failed (the caller must not go on).
+    pub(crate) async fn write_durable(&self, r: &Record) -> bool {
+        let line = render(r, SystemTime::now());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let Ok(mut q) = self.inner.queue.lock() else {
+                return false;
+            };
+            if q.pending.len() >= QUEUE_CAP {
+                return false;
+            }
+            q.pending.extend_from_slice(line.as_bytes());
+            q.pending.push(b'\n');
+            q.waiters.push(tx);
+        }
+        self.inner.wake.notify_one();
+        // A sink that hangs (a stuck disk) is a failing sink too.
+        matches!(tokio::time::timeout(DURABLE_WAIT, rx).await, Ok(Ok(true)))
     }
 
     /// Wait until every line queued so far is written and flushed.
@@ -146,28 +225,51 @@ impl AuditLog {
 }
 
 /// The writer thread: every interval (or when woken) take the queue, write
-/// it through one buffer and flush. Runs for the life of the process.
+/// it through one buffer and flush. A batch that fails to write is kept and
+/// tried again (up to [`QUEUE_CAP`]). Runs for the life of the process.
 fn writer(mut out: Box<dyn Write + Send>, inner: &Inner) {
     let mut failed = false;
     let mut batch = Vec::new();
     loop {
-        let flush_to = {
+        let interval = if failed {
+            RETRY_INTERVAL
+        } else {
+            WRITE_INTERVAL
+        };
+        let (flush_to, waiters) = {
             let Ok(q) = inner.queue.lock() else { return };
-            let Ok((mut q, _)) = inner.wake.wait_timeout_while(q, WRITE_INTERVAL, |q| {
-                q.pending.len() < WAKE_AT && q.flush_wanted == q.flush_done
+            let Ok((mut q, _)) = inner.wake.wait_timeout_while(q, interval, |q| {
+                q.pending.len() < WAKE_AT && q.flush_wanted == q.flush_done && q.waiters.is_empty()
             }) else {
                 return;
             };
-            std::mem::swap(&mut batch, &mut q.pending);
-            q.flush_wanted
+            if batch.is_empty() {
+                std::mem::swap(&mut batch, &mut q.pending);
+            } else {
+                batch.append(&mut q.pending);
+            }
+            (q.flush_wanted, std::mem::take(&mut q.waiters))
         };
         inner.drained.notify_all();
+        let mut ok = true;
         if !batch.is_empty() {
-            report(
-                out.write_all(&batch).and_then(|()| out.flush()),
-                &mut failed,
-            );
-            batch.clear();
+            let res = out.write_all(&batch).and_then(|()| out.flush());
+            ok = res.is_ok();
+            if ok {
+                batch.clear();
+            } else {
+                inner.errors.inc();
+                if batch.len() > QUEUE_CAP {
+                    // Kept for a retry only while it fits; past that the
+                    // oldest lines are lost (and counted as errors).
+                    batch.clear();
+                }
+            }
+            inner.failing.store(!ok, Ordering::Relaxed);
+            report(res, &mut failed);
+        }
+        for w in waiters {
+            let _ = w.send(ok);
         }
         if let Ok(mut q) = inner.queue.lock() {
             if q.flush_done < flush_to {
@@ -197,6 +299,7 @@ fn report(res: std::io::Result<()>, failed: &mut bool) {
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
+    event: &'static str,
     org: Option<Cow<'a, str>>,
     client: SocketAddr,
     source: &'static str,
@@ -217,6 +320,7 @@ struct Line<'a> {
 pub(crate) fn render(r: &Record, now: SystemTime) -> String {
     let line = Line {
         time: rfc3339(now),
+        event: r.event.as_str(),
         org: r.org.as_deref().map(scrub),
         client: r.client,
         source: netpolicy::Source::Container.as_str(),
@@ -281,6 +385,7 @@ mod tests {
         // A GitHub token shape (checksum not checked by the rule) as a host label.
         let token = "ghp_Xk3mQ9vT2pL8sW4nR7yB1cF6hJ0dA5eG2iKo";
         let r = Record {
+            event: Event::Request,
             org: Some(format!("org-{token}")),
             client: "10.0.0.5:4000".parse().unwrap(),
             method: Method::Get,
@@ -305,6 +410,7 @@ mod tests {
     #[test]
     fn record_fields() {
         let r = Record {
+            event: Event::Request,
             org: Some("acme".into()),
             client: "10.0.0.5:4000".parse().unwrap(),
             method: Method::Get,
@@ -331,6 +437,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes_down"], 12);
         assert_eq!(v["duration_ms"], 7);
-        assert_eq!(v.as_object().unwrap().len(), 15);
+        assert_eq!(v["event"], "request");
+        assert_eq!(v.as_object().unwrap().len(), 16);
     }
 }

@@ -48,9 +48,31 @@ pub(crate) struct Args {
     /// Append audit lines (JSON, one per request or tunnel) here; default stdout.
     #[arg(long)]
     pub(crate) audit_log: Option<PathBuf>,
-    /// Most client connections at once; more get 503 `overloaded`.
+    /// Most client connections at once; more get 503 `overloaded`. Clamped
+    /// to what the file-descriptor limit allows (two per connection).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: u32,
+    /// Most connections from one client address; more get 429 `client_limit`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_client: u32,
+    /// Most connections from one org's clients; more get 429 `org_limit`.
+    #[arg(long, default_value_t = 2_048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_org: u32,
+    /// Most open tunnels of one org; more get 429 `tunnel_limit`.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_tunnels_per_org: u32,
+    /// A client must send a whole request head (or, in a tunnel, its TLS
+    /// ClientHello) within this many seconds (408 `head_timeout`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) client_read_timeout_secs: u64,
+    /// A client that accepts no response byte for this many seconds is
+    /// disconnected (`client_timeout`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) client_write_timeout_secs: u64,
+    /// A forwarded request, from its head to the end of its response, is cut
+    /// after this many seconds (`request_deadline`).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) request_timeout_secs: u64,
     /// Upstream TCP connect timeout per address, in milliseconds.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) connect_timeout_ms: u64,
@@ -91,8 +113,33 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
     );
+    // A container runtime's default soft limit (often 1024) would make a
+    // large --max-connections a fiction: raise it to the hard limit, then
+    // hold no more connections than the descriptors allow.
+    let budget = crate::sys::raise_nofile()
+        .map_err(|e| StartError::Runtime(format!("cannot read RLIMIT_NOFILE: {e}")))?;
+    let mut max_connections = u64::from(args.max_connections);
+    if budget.now != budget.before {
+        tracing::info!(
+            from = budget.before,
+            to = budget.now,
+            "raised RLIMIT_NOFILE to the hard limit"
+        );
+    }
+    if max_connections > budget.max_connections {
+        tracing::warn!(
+            requested = max_connections,
+            clamped = budget.max_connections,
+            nofile = budget.now,
+            "--max-connections clamped to what RLIMIT_NOFILE allows (two descriptors per connection)"
+        );
+        max_connections = budget.max_connections.max(1);
+    }
     let limits = Limits {
-        max_connections: args.max_connections as usize,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        client_read: Duration::from_secs(args.client_read_timeout_secs),
+        client_write: Duration::from_secs(args.client_write_timeout_secs),
+        request_deadline: Duration::from_secs(args.request_timeout_secs),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         upstream_idle: Duration::from_secs(args.upstream_idle_timeout_secs),
         tunnel_idle: Duration::from_secs(args.tunnel_idle_timeout_secs),
@@ -107,14 +154,26 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
     // The resolver must be built inside the runtime.
     let resolver = runtime.block_on(async { Resolver::new(&args.dns_server) });
     let resolver = resolver.map_err(|e| StartError::Config(e.to_string()))?;
+    let admin_token = admin_token()?;
+    let metrics = Metrics::new().map_err(|e| StartError::Runtime(format!("metrics: {e}")))?;
     if args.check {
         if let Some(p) = &args.audit_log {
-            AuditLog::open(Some(p))
+            AuditLog::open(Some(p), metrics.audit_write_errors.clone())
                 .map_err(|e| StartError::Config(format!("--audit-log {}: {e}", p.display())))?;
         }
         return Ok(());
     }
-    let audit = AuditLog::open(args.audit_log.as_deref()).map_err(|e| {
+    if !args.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            admin = %args.admin_listen,
+            "the admin listener is not on loopback: keep it off every network an exec container can reach"
+        );
+    }
+    let audit = AuditLog::open(
+        args.audit_log.as_deref(),
+        metrics.audit_write_errors.clone(),
+    )
+    .map_err(|e| {
         StartError::Config(format!(
             "--audit-log {}: {e}",
             args.audit_log
@@ -123,8 +182,17 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
                 .display()
         ))
     })?;
-    let metrics = Metrics::new().map_err(|e| StartError::Runtime(format!("metrics: {e}")))?;
     metrics.policy_generation.set(1);
+    metrics
+        .connections_max
+        .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+    let own_addrs = crate::sys::interface_addrs().map_err(|e| {
+        StartError::Runtime(format!("cannot read this host's interface addresses: {e}"))
+    })?;
+    tracing::info!(
+        count = own_addrs.len(),
+        "this host's interface addresses are never a destination"
+    );
 
     // Bind every listener here, before anything serves: a bind failure is
     // an immediate non-zero exit.
@@ -141,6 +209,13 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         audit,
         limits,
         ready: AtomicBool::new(false),
+        own_addrs: ArcSwap::from_pointee(own_addrs),
+        admin_token,
+        admission: crate::admit::Admission::new(crate::admit::Caps {
+            per_client: args.max_connections_per_client,
+            per_org: args.max_connections_per_org,
+            tunnels_per_org: args.max_tunnels_per_org,
+        }),
     });
     let conf = Arc::new(ServerConf {
         threads,
@@ -273,6 +348,32 @@ fn bind_proxy(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, 
         out.push(listener.into_std().map_err(fail)?);
     }
     Ok(out)
+}
+
+/// The environment variable naming the file that holds the admin token.
+pub(crate) const ADMIN_TOKEN_ENV: &str = "EGRESS_ADMIN_TOKEN_FILE";
+
+/// The token `POST /reload` requires, read from the file named by
+/// [`ADMIN_TOKEN_ENV`] (surrounding whitespace dropped). Unset: no token,
+/// and `POST /reload` is refused (SIGHUP still reloads). A set but
+/// unreadable, empty or short file is a configuration error.
+fn admin_token() -> Result<Option<Vec<u8>>, StartError> {
+    let Some(path) = std::env::var_os(ADMIN_TOKEN_ENV) else {
+        return Ok(None);
+    };
+    let text = std::fs::read(&path).map_err(|e| {
+        StartError::Config(format!(
+            "{ADMIN_TOKEN_ENV}={}: cannot read the token file: {e}",
+            std::path::Path::new(&path).display()
+        ))
+    })?;
+    let token = text.trim_ascii().to_vec();
+    if token.len() < 16 || !token.iter().all(u8::is_ascii_graphic) {
+        return Err(StartError::Config(format!(
+            "{ADMIN_TOKEN_ENV}: the token must be at least 16 printable ASCII characters (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    Ok(Some(token))
 }
 
 /// Bind a listening socket now (non-blocking, for tokio).

@@ -2,10 +2,12 @@
 //! 200, flush, then splice bytes both ways under the idle timeout, the
 //! maximum lifetime and the shutdown watch.
 //!
-//! Owns: the dial loop over validated addresses (never a new lookup), the
-//! splice, `egress_tunnels_active`, `egress_tunnel_bytes_total` and the one
-//! audit line per tunnel at close. Must never: look inside the tunnel, or
-//! dial anything but the addresses it was handed.
+//! Owns: the per-org tunnel slot, the dial loop over validated addresses
+//! (never a new lookup), the ClientHello check (SNI = CONNECT host, no ECH,
+//! TLS only; read, never decrypted), the splice, `egress_tunnels_active`,
+//! `egress_tunnel_bytes_total`, and the tunnel's audit lines: one at open,
+//! on disk before a byte goes upstream, and one at close. Must never: look
+//! past the ClientHello, or dial anything but the addresses it was handed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::audit::Record;
+use crate::audit::{Event, Record};
 use crate::server::Ctx;
 use crate::state::SharedRef;
 use crate::stream::Client;
@@ -61,7 +63,9 @@ pub(crate) async fn dial(
     Err(reason)
 }
 
-/// Run one allowed tunnel to completion and audit it.
+/// Run one allowed tunnel to completion and audit it: take a tunnel slot of
+/// the org, dial, answer 200, check the ClientHello's SNI against the
+/// CONNECT host, write the open line to disk, splice, write the close line.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn tunnel(
     shared: &SharedRef,
@@ -74,25 +78,26 @@ pub(crate) async fn tunnel(
     started: Instant,
     shutdown: watch::Receiver<bool>,
 ) {
+    let ctx = Ctx {
+        client: client_addr,
+        org: Some(org),
+        method: Method::Connect,
+        started,
+    };
+    let _slot = match shared
+        .admission
+        .tunnel(ctx.org.as_deref().unwrap_or_default())
+    {
+        Ok(slot) => slot,
+        Err(r) => return crate::server::deny(shared, &mut client, &ctx, r, Some(&dest)).await,
+    };
     let (upstream, dialed) = match dial(shared, &addrs).await {
         Ok(x) => x,
-        Err(r) => {
-            let ctx = Ctx {
-                client: client_addr,
-                org: Some(org),
-                method: Method::Connect,
-                started,
-            };
-            crate::server::deny(shared, &mut client, &ctx, r, Some(&dest)).await;
-            return;
-        }
+        Err(r) => return crate::server::deny(shared, &mut client, &ctx, r, Some(&dest)).await,
     };
-    let established = client
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        .await
-        .and(client.flush().await);
     let mut record = Record {
-        org: Some(org),
+        event: Event::TunnelOpen,
+        org: ctx.org.clone(),
         client: client_addr,
         method: Method::Connect,
         scheme: Some("https"),
@@ -106,29 +111,112 @@ pub(crate) async fn tunnel(
         bytes_down: 0,
         duration: Duration::ZERO,
     };
+    let established = client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .and(client.flush().await);
+    // The first flight must be a ClientHello naming the CONNECT host: a
+    // tunnel to a package repository on a shared CDN must not reach
+    // another tenant of that CDN.
+    let mut early = early;
+    let checked = match established {
+        Ok(()) => first_flight(shared, &mut client, &mut early, &dest).await,
+        Err(_) => Err(Reason::HeadIncomplete),
+    };
+    if let Err(reason) = checked {
+        let alert = match reason {
+            Reason::SniMismatch => Some(crate::tls::alert(112)), // unrecognized_name
+            Reason::EchNotAllowed => Some(crate::tls::alert(40)), // handshake_failure
+            _ => None,
+        };
+        if let Some(a) = alert {
+            let _ = client.write_all(&a).await;
+            let _ = client.flush().await;
+        }
+        let _ = client.shutdown().await;
+        drop(upstream);
+        record.event = Event::Request;
+        record.verdict = Verdict::Deny;
+        record.reason = reason;
+        record.duration = started.elapsed();
+        shared
+            .metrics
+            .request(Verdict::Deny, reason, Method::Connect);
+        shared.audit.write(&record);
+        return;
+    }
+    // Written and flushed before a byte goes upstream: a SIGKILL of the
+    // proxy cannot erase a tunnel, and a failing audit log opens none.
+    if !shared.audit.write_durable(&record).await {
+        let _ = client.shutdown().await;
+        shared
+            .metrics
+            .request(Verdict::Deny, Reason::AuditUnavailable, Method::Connect);
+        return;
+    }
     shared
         .metrics
         .request(Verdict::Allow, Reason::PackageRepo, Method::Connect);
-    if established.is_ok() {
-        shared.metrics.tunnels_active.inc();
-        let (up, down) = match client {
-            Client::Raw(tcp) => {
-                let (cr, cw) = tcp.into_split();
-                splice(shared, cr, cw, upstream, early, shutdown).await
-            }
-            Client::Pingora(s) => {
-                let (cr, cw) = tokio::io::split(s);
-                splice(shared, cr, cw, upstream, early, shutdown).await
-            }
-        };
-        shared.metrics.tunnels_active.dec();
-        shared.metrics.tunnel_bytes_up.inc_by(up);
-        shared.metrics.tunnel_bytes_down.inc_by(down);
-        record.bytes_up = up;
-        record.bytes_down = down;
-    }
+    shared.metrics.tunnels_active.inc();
+    let (up, down) = match client {
+        Client::Raw(tcp) => {
+            let (cr, cw) = tcp.into_split();
+            splice(shared, cr, cw, upstream, early, shutdown).await
+        }
+        Client::Pingora(s) => {
+            let (cr, cw) = tokio::io::split(s);
+            splice(shared, cr, cw, upstream, early, shutdown).await
+        }
+    };
+    shared.metrics.tunnels_active.dec();
+    shared.metrics.tunnel_bytes_up.inc_by(up);
+    shared.metrics.tunnel_bytes_down.inc_by(down);
+    record.event = Event::TunnelClose;
+    record.bytes_up = up;
+    record.bytes_down = down;
     record.duration = started.elapsed();
     shared.audit.write(&record);
+}
+
+/// Read the tunnel's first flight into `early` (which may already hold its
+/// start) until it is a whole ClientHello, within the client read deadline
+/// and [`crate::tls::MAX_HELLO`] bytes, and check it: `Err` is the reason
+/// to close the tunnel.
+async fn first_flight(
+    shared: &SharedRef,
+    client: &mut Client,
+    early: &mut BytesMut,
+    dest: &Destination,
+) -> Result<(), Reason> {
+    let deadline = tokio::time::Instant::now() + shared.limits.client_read;
+    let hello = loop {
+        match crate::tls::parse_first_flight(early) {
+            Ok(Some(h)) => break h,
+            Err(e) => {
+                tracing::debug!(error = %e, "tunnel refused");
+                return Err(Reason::TunnelNotTls);
+            }
+            Ok(None) if early.len() > crate::tls::MAX_HELLO + 1024 => {
+                return Err(Reason::TunnelNotTls);
+            }
+            Ok(None) => {}
+        }
+        if early.capacity() - early.len() < 2048 {
+            early.reserve(4096);
+        }
+        match tokio::time::timeout_at(deadline, client.read_buf(early)).await {
+            Err(_) => return Err(Reason::HeadTimeout),
+            Ok(Ok(0) | Err(_)) => return Err(Reason::HeadIncomplete),
+            Ok(Ok(_)) => {}
+        }
+    };
+    if hello.ech {
+        return Err(Reason::EchNotAllowed);
+    }
+    match hello.sni.as_deref() {
+        Some(sni) if crate::tls::sni_matches(sni, &dest.host.to_text()) => Ok(()),
+        _ => Err(Reason::SniMismatch),
+    }
 }
 
 /// Copy both ways until both sides finish, the tunnel idles out, reaches its

@@ -229,9 +229,25 @@ impl ProxyHttp for Forward {
                 "upstream switched protocols",
             ));
         }
+        // Only the proxy speaks `X-Egress-Error`: an origin must not be able
+        // to make its answer look like a proxy denial.
+        let _ = resp.remove_header("x-egress-error");
         ctx.failure = None;
         ctx.status = resp.status.as_u16();
         Ok(())
+    }
+
+    /// What Pingora's own error and retry log lines name the request by.
+    /// Its default is the request line, query included, which may carry a
+    /// token; this is the folded method and `host:port` only, scrubbed.
+    fn request_summary(&self, _session: &Session, ctx: &Ctx) -> String {
+        match ctx.plan.as_ref() {
+            Some(p) => {
+                let line = format!("{} {}", p.method.as_str(), p.dest.authority());
+                crate::audit::scrub(&line).into_owned()
+            }
+            None => String::from("request without a plan"),
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -284,7 +300,7 @@ impl ProxyHttp for Forward {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let Some(plan) = ctx.plan.as_ref() else {
             self.shared
                 .metrics
@@ -293,6 +309,18 @@ impl ProxyHttp for Forward {
         };
         plan.handled
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // A client that stopped reading (or sending) was cut off.
+        if let Some(e) = e {
+            if ctx.failure.is_none()
+                && e.esource() == &ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::WriteTimedout | ErrorType::ReadTimedout
+                )
+            {
+                ctx.failure = Some(Reason::ClientTimeout);
+            }
+        }
         let (verdict, reason) = match ctx.failure {
             Some(r) => (Verdict::Deny, r),
             None => (Verdict::Allow, plan.reason),
@@ -302,6 +330,7 @@ impl ProxyHttp for Forward {
             .map_or(ctx.status, |r| r.status.as_u16());
         self.shared.metrics.request(verdict, reason, plan.method);
         self.shared.audit.write(&Record {
+            event: crate::audit::Event::Request,
             org: Some(plan.org.clone()),
             client: plan.client,
             method: plan.method,

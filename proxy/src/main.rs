@@ -16,6 +16,7 @@
 //! [`reload`], [`state`], [`stream`] (buffered client stream).
 
 mod admin;
+mod admit;
 mod audit;
 mod cli;
 mod connect;
@@ -28,6 +29,8 @@ mod resolve;
 mod server;
 mod state;
 mod stream;
+mod sys;
+mod tls;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -32,6 +32,12 @@ pub(crate) struct Metrics {
     pub(crate) reloads_error: IntCounter,
     /// `egress_policy_generation`.
     pub(crate) policy_generation: IntGauge,
+    /// `egress_connections_open`.
+    pub(crate) connections_open: IntGauge,
+    /// `egress_connections_max`.
+    pub(crate) connections_max: IntGauge,
+    /// `egress_audit_write_errors_total`.
+    pub(crate) audit_write_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +86,21 @@ impl Metrics {
             "egress_policy_generation",
             "Generation of the policy in force (1 = the one loaded at start).",
         )?;
+        let connections_open = IntGauge::new(
+            "egress_connections_open",
+            "Client connections currently open (tunnels included).",
+        )?;
+        let connections_max = IntGauge::new(
+            "egress_connections_max",
+            "The connection limit in force (--max-connections, clamped to the file-descriptor limit).",
+        )?;
+        let audit_write_errors = IntCounter::new(
+            "egress_audit_write_errors_total",
+            "Failed writes of the audit log (while failing, requests are refused with audit_unavailable).",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_max.clone()))?;
+        registry.register(Box::new(audit_write_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(tunnels_active.clone()))?;
         registry.register(Box::new(tunnel_bytes.clone()))?;
@@ -98,6 +119,9 @@ impl Metrics {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_error: reloads.with_label_values(&["error"]),
             policy_generation,
+            connections_open,
+            connections_max,
+            audit_write_errors,
         })
     }
 

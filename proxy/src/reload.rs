@@ -20,6 +20,14 @@ pub(crate) async fn reload(shared: &SharedRef) -> Result<u64, String> {
         .await
         .map_err(|e| format!("reload task failed: {e}"))
         .and_then(|r| r.map_err(|e| e.to_string()));
+    // The host's addresses may have changed too (an interface added); an
+    // unreadable list keeps the one in force.
+    match crate::sys::interface_addrs() {
+        Ok(own) => shared.own_addrs.store(Arc::new(own)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the interface addresses; keeping the old list")
+        }
+    }
     match loaded {
         Ok(policy) => {
             shared.policy.store(Arc::new(policy));

@@ -27,8 +27,6 @@ use crate::head::{self, HeadError};
 use crate::state::{Plan, SharedRef};
 use crate::stream::{Client, EofGate};
 
-/// Time allowed for the first request head of a connection.
-const FIRST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive idle time between requests.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -64,10 +62,30 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         match conns.clone().try_acquire_owned() {
             Ok(permit) => {
+                let org = shared
+                    .policy
+                    .load()
+                    .org_for_client(client.ip())
+                    .map(|o| o.as_str().to_owned());
+                let slot = match shared.admission.connection(client.ip(), org.as_deref()) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        drop(permit);
+                        tasks.spawn(async move {
+                            let mut stream = Client::Raw(tcp);
+                            let ctx = Ctx::new(client, org, Method::Other, Instant::now());
+                            deny(&shared, &mut stream, &ctx, reason, None).await;
+                        });
+                        continue;
+                    }
+                };
                 let proxy = proxy.clone();
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    handle_conn(shared, proxy, tcp, client, shutdown).await;
+                    shared.metrics.connections_open.inc();
+                    handle_conn(shared.clone(), proxy, tcp, client, shutdown).await;
+                    shared.metrics.connections_open.dec();
+                    drop(slot);
                     drop(permit);
                 });
             }
@@ -121,7 +139,7 @@ async fn handle_conn(
             return;
         }
         let limit = if first {
-            FIRST_HEAD_TIMEOUT
+            shared.limits.client_read
         } else {
             KEEPALIVE_TIMEOUT
         };
@@ -131,7 +149,22 @@ async fn handle_conn(
         };
         let started = Instant::now();
         let head = match read {
-            Err(_) | Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
+            // An idle keep-alive connection ends quietly; a first head that
+            // never came, or a head left half-sent, is counted and audited
+            // (slow-loris clients show up).
+            Err(_) if first || !buf.is_empty() => {
+                let ctx = Ctx::new(client, None, Method::Other, started);
+                deny(&shared, &mut stream, &ctx, Reason::HeadTimeout, None).await;
+                return;
+            }
+            Err(_) | Ok(Err(HeadError::Closed)) => return,
+            Ok(Err(HeadError::Io(_))) => {
+                if !buf.is_empty() {
+                    let ctx = Ctx::new(client, None, Method::Other, started);
+                    count_denial(&shared, &ctx, Reason::HeadIncomplete, 0, None);
+                }
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%client, error = %e, "refused request head");
                 let ctx = Ctx::new(client, None, Method::Other, started);
@@ -140,6 +173,12 @@ async fn handle_conn(
             }
             Ok(Ok(h)) => h,
         };
+        // Fail closed: nothing is served while the audit log cannot be
+        // written.
+        if !shared.audit.available() {
+            let ctx = Ctx::new(client, None, head.method, started);
+            return deny(&shared, &mut stream, &ctx, Reason::AuditUnavailable, None).await;
+        }
         let policy = shared.policy.load_full();
         let org = policy
             .org_for_client(client.ip())
@@ -244,11 +283,28 @@ async fn handle_conn(
             Some(KEEPALIVE_TIMEOUT.as_secs())
         });
         session.set_connection_user_context(Some(Box::new(plan)));
+        // A client that stops reading holds a slot only this long per write.
+        session.set_write_timeout(Some(shared.limits.client_write));
+        session.set_read_timeout(Some(shared.limits.client_read));
         // Boxed: Pingora's future is large, and unboxed it would size every
         // connection task, idle tunnels included.
         eof.arm(true);
-        let reused = Box::pin(proxy.process_new_http(session, &shutdown)).await;
+        let served = tokio::time::timeout(
+            shared.limits.request_deadline,
+            Box::pin(proxy.process_new_http(session, &shutdown)),
+        )
+        .await;
         eof.arm(false);
+        let Ok(reused) = served else {
+            // Past the whole-request deadline: the connection is dropped
+            // with the request, which Pingora never got to log.
+            ctx.org = policy
+                .org_for_client(client.ip())
+                .map(|o| o.as_str().to_owned());
+            let dest = Destination::parse_url(&head.target).ok().map(|p| p.dest);
+            count_denial(&shared, &ctx, Reason::RequestDeadline, 0, dest.as_ref());
+            return;
+        };
         if !handled.load(Ordering::Relaxed) {
             // Pingora refused a head we had accepted, before any of our
             // phases ran (its own parser or authority checks; it answers a
@@ -299,7 +355,23 @@ async fn check(
     if !decision.is_allow() {
         return Err(decision.reason);
     }
-    shared.resolver.addrs(&shared.metrics, policy, dest).await
+    let addrs = shared.resolver.addrs(&shared.metrics, policy, dest).await?;
+    // The proxy's own machine is never a destination, whatever the class of
+    // its addresses (a public address on an interface, or one a test
+    // policy lets through `unsafe_allow_ranges`).
+    let own = shared.own_addrs.load();
+    if addrs.iter().any(|a| own.contains(&canonical(a.ip()))) {
+        return Err(Reason::ProxyHostAddress);
+    }
+    Ok(addrs)
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Whether a Host header value names `dest` (same normalized host; same
@@ -373,6 +445,7 @@ fn count_denial(
 ) {
     shared.metrics.request(Verdict::Deny, reason, ctx.method);
     shared.audit.write(&Record {
+        event: crate::audit::Event::Request,
         org: ctx.org.clone(),
         client: ctx.client,
         method: ctx.method,

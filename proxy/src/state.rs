@@ -23,6 +23,12 @@ use crate::resolve::Resolver;
 pub(crate) struct Limits {
     /// Most client connections open at once.
     pub(crate) max_connections: usize,
+    /// A client's whole request head (or ClientHello) arrives within this.
+    pub(crate) client_read: Duration,
+    /// Each write to a client completes within this.
+    pub(crate) client_write: Duration,
+    /// A forwarded request ends within this.
+    pub(crate) request_deadline: Duration,
     /// Upstream TCP connect timeout (per address).
     pub(crate) connect_timeout: Duration,
     /// A forwarded request's upstream read or write waits at most this long.
@@ -54,6 +60,13 @@ pub(crate) struct Shared {
     /// Set once the proxy listener is bound and a policy loaded; cleared
     /// when draining.
     pub(crate) ready: AtomicBool,
+    /// The addresses of this host's interfaces: never a destination. Read
+    /// at start and on every reload.
+    pub(crate) own_addrs: ArcSwap<Vec<std::net::IpAddr>>,
+    /// The token `POST /reload` requires (`None`: HTTP reload refused).
+    pub(crate) admin_token: Option<Vec<u8>>,
+    /// Per-client, per-org and per-org-tunnel caps.
+    pub(crate) admission: Arc<crate::admit::Admission>,
 }
 
 /// A request that passed every check, with the exact addresses to dial.

@@ -1036,3 +1036,740 @@ fn absolute_form_https_is_refused_and_never_sent_in_the_clear() {
     }
     assert_eq!(s.origin.connections(), 0);
 }
+
+/// A TCP "upstream" that accepts connections and counts the bytes it
+/// receives (never answers): proof that nothing reached it.
+struct Sink {
+    addr: SocketAddr,
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sink {
+    fn start(ip: Ipv4Addr) -> Sink {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, a) = (received.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        r.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Sink {
+            addr,
+            received,
+            accepted,
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A ClientHello record with these extensions (type, data).
+fn client_hello(exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    let mut e = Vec::new();
+    for (kind, data) in exts {
+        e.extend_from_slice(&kind.to_be_bytes());
+        e.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+        e.extend_from_slice(data);
+    }
+    body.extend_from_slice(&u16::try_from(e.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&e);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// The `server_name` extension for `name`.
+fn sni_ext(name: &str) -> (u16, Vec<u8>) {
+    let mut entry = vec![0];
+    entry.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    entry.extend_from_slice(name.as_bytes());
+    let mut data = u16::try_from(entry.len()).unwrap().to_be_bytes().to_vec();
+    data.extend_from_slice(&entry);
+    (0, data)
+}
+
+/// Open a CONNECT tunnel to `target`; the stream after `200`.
+fn open_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
+    use std::io::Read;
+    let mut c = TcpStream::connect(proxy).unwrap();
+    c.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut b).unwrap(), 1, "tunnel closed: {head:?}");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c
+}
+
+/// Read until the peer closes (or 10 s): what arrived.
+fn read_to_close(c: &mut TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    out
+}
+
+fn audit_reasons(proxy: &ProxyProcess, reason: &str, n: usize) -> Vec<String> {
+    let needle = format!("\"reason\":\"{reason}\"");
+    proxy
+        .audit_until(Duration::from_secs(10), |l| {
+            l.iter().filter(|l| l.contains(&needle)).count() >= n
+        })
+        .into_iter()
+        .filter(|l| l.contains(&needle))
+        .collect()
+}
+
+#[test]
+fn a_tunnels_sni_must_be_its_connect_host() {
+    let sink = Sink::start(ORIGIN_IP);
+    let dns = DnsServer::start();
+    dns.set_static("repo.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(sink.addr.port()), dns.addr);
+    let target = format!("repo.chokepoint.dev:{}", sink.addr.port());
+    // Another tenant's name, no name, ECH, plain HTTP: closed before a
+    // byte goes upstream; a TLS alert for a bad name.
+    let other = client_hello(&[sni_ext("other-tenant.example.com")]);
+    let none = client_hello(&[(10, vec![0, 2, 0, 29])]);
+    let ech = client_hello(&[sni_ext("repo.chokepoint.dev"), (0xfe0d, vec![0; 40])]);
+    for (first, reason, alert) in [
+        (other, "sni_mismatch", Some(112u8)),
+        (none, "sni_mismatch", Some(112)),
+        (ech, "ech_not_allowed", Some(40)),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "tunnel_not_tls",
+            None,
+        ),
+    ] {
+        let mut c = open_tunnel(proxy.listen, &target);
+        c.write_all(&first).unwrap();
+        let back = read_to_close(&mut c);
+        match alert {
+            Some(a) => assert_eq!(back, [21, 3, 3, 0, 2, 2, a], "{reason}"),
+            None => assert!(back.is_empty(), "{reason}: {back:?}"),
+        }
+        assert!(!audit_reasons(&proxy, reason, 1).is_empty(), "{reason}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.received(), 0, "bytes reached the upstream");
+    // The right name passes, split over two writes.
+    let good = client_hello(&[sni_ext("Repo.Chokepoint.Dev")]);
+    let mut c = open_tunnel(proxy.listen, &target);
+    c.write_all(&good[..7]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(&good[7..]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.received() < good.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the ClientHello never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = &audit_reasons(&proxy, "sni_mismatch", 2)[0];
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (v["verdict"].as_str(), v["method"].as_str()),
+        (Some("deny"), Some("CONNECT"))
+    );
+}
+
+#[test]
+fn openssl_s_client_through_the_proxy_needs_the_right_servername() {
+    if !e2e::require(
+        "openssl",
+        Command::new("openssl").arg("version").output().is_ok(),
+    ) {
+        return;
+    }
+    let tls = TlsOrigin::start();
+    let dns = DnsServer::start();
+    dns.set_static("repo.chokepoint.dev", &[IpAddr::V4(TLS_IP)]);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(tls.port), dns.addr);
+    let s_client = |servername: Option<&str>| -> (bool, String) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-proxy"])
+            .arg(proxy.listen.to_string())
+            .arg("-connect")
+            .arg(format!("repo.chokepoint.dev:{}", tls.port))
+            .arg("-CAfile")
+            .arg(&tls.ca)
+            .args(["-verify_return_error", "-brief", "-ign_eof"]);
+        match servername {
+            Some(n) => cmd.args(["-servername", n]),
+            None => cmd.arg("-noservername"),
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (text.contains("s_server"), text)
+    };
+    let (ok, text) = s_client(Some("repo.chokepoint.dev"));
+    assert!(ok, "the right name must work: {text}");
+    let (ok, text) = s_client(Some("other.chokepoint.dev"));
+    assert!(!ok, "another name must fail: {text}");
+    assert!(
+        text.contains("unrecognized name") || text.contains("alert"),
+        "{text}"
+    );
+    let (ok, text) = s_client(None);
+    assert!(!ok, "no name must fail: {text}");
+    assert_eq!(audit_reasons(&proxy, "sni_mismatch", 2).len(), 2);
+}
+
+#[test]
+fn upstream_failures_never_log_the_query() {
+    let token = "ghp_Q7mZ2vR8kP4nL1tX9cB6wY3hJ5sD0fG2aE8x";
+    // 502: nothing listens on this port.
+    let closed = free_port(ORIGIN_IP);
+    // 504: accepts and never answers.
+    let silent = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let held = silent.accept();
+        std::thread::sleep(Duration::from_secs(4));
+        drop(held);
+    });
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy_reading(443, &[closed, silent_port]),
+        dns.addr,
+        &["--upstream-idle-timeout-secs", "1"],
+    );
+    for (port, status, reason) in [
+        (closed, 502, "upstream_connect_failed"),
+        (silent_port, 504, "upstream_timeout"),
+    ] {
+        let r = proxy_request(
+            proxy.listen,
+            "GET",
+            &format!("http://127.0.0.2:{port}/cb?access_token={token}&state=x"),
+            "",
+        );
+        assert_eq!((r.status, r.reason()), (status, Some(reason)));
+        assert!(!r.text().contains(token));
+    }
+    holder.join().unwrap();
+    let audit = audit_reasons(&proxy, "upstream_timeout", 1);
+    assert!(!audit.is_empty());
+    for l in proxy.audit() {
+        assert!(
+            !l.contains(token) && !l.contains("access_token"),
+            "audit: {l}"
+        );
+    }
+    // Pingora did log both failures, without the target's path or query.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = proxy.stderr();
+        let failures = err.iter().filter(|l| l.contains("Fail to proxy")).count();
+        if failures >= 2 {
+            for l in &err {
+                assert!(
+                    !l.contains(token) && !l.contains("access_token"),
+                    "stderr: {l}"
+                );
+                assert!(!l.contains("/cb"), "stderr names the path: {l}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Pingora failure lines: {err:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failing_audit_log_stops_traffic_and_is_counted() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy_reading(443, &[port]),
+        dns.addr,
+        &["--audit-log", "/dev/full"],
+    );
+    let url = format!("http://127.0.0.2:{port}/a");
+    // The first line fails to write; from then on nothing is served.
+    let _ = proxy_request(proxy.listen, "GET", &url, "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy
+        .metric("egress_audit_write_errors_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", proxy.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = s.origin.seen().len();
+    for _ in 0..3 {
+        let r = proxy_request(proxy.listen, "GET", &url, "");
+        assert_eq!((r.status, r.reason()), (503, Some("audit_unavailable")));
+    }
+    let req = "CONNECT repo.chokepoint.dev:443 HTTP/1.1\r\nHost: repo.chokepoint.dev:443\r\n\r\n";
+    let r = send_raw(proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert_eq!((r.status, r.reason()), (503, Some("audit_unavailable")));
+    assert_eq!(s.origin.seen().len(), seen, "a request went out unaudited");
+    assert!(
+        proxy.metrics().contains(
+            "egress_requests_total{method=\"GET\",reason=\"audit_unavailable\",source=\"container\",verdict=\"deny\"} 3"
+        ),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[test]
+fn a_tunnel_is_on_disk_before_its_first_byte_goes_up_and_survives_sigkill() {
+    let sink = Sink::start(ORIGIN_IP);
+    let dns = DnsServer::start();
+    dns.set_static("repo.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(sink.addr.port()), dns.addr);
+    let mut c = open_tunnel(
+        proxy.listen,
+        &format!("repo.chokepoint.dev:{}", sink.addr.port()),
+    );
+    c.write_all(&client_hello(&[sni_ext("repo.chokepoint.dev")]))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.received() == 0 {
+        assert!(Instant::now() < deadline, "nothing reached the upstream");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The first byte is upstream: the open line is already in the file.
+    let ok = Command::new("kill")
+        .args(["-KILL", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let audit = proxy.audit();
+    let open: Vec<&String> = audit
+        .iter()
+        .filter(|l| l.contains("\"event\":\"tunnel_open\""))
+        .collect();
+    assert_eq!(open.len(), 1, "{audit:?}");
+    assert!(
+        open[0].contains("\"reason\":\"package_repo\""),
+        "{}",
+        open[0]
+    );
+    assert!(sink.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn reads_go_only_to_read_ports_and_never_to_this_hosts_addresses() {
+    let s = setup();
+    // A port the policy does not list.
+    let other = Origin::start(ORIGIN_IP);
+    let r = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &format!("http://127.0.0.2:{}/", other.addr.port()),
+        "",
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("port_not_allowed")));
+    assert_eq!(other.connections(), 0);
+
+    // An address of one of this host's interfaces, let through the class
+    // check on purpose: still refused.
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output();
+    let own: Option<Ipv4Addr> = out.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .find(|a| !a.is_loopback())
+    });
+    if !e2e::require("a non-loopback IPv4 interface address", own.is_some()) {
+        return;
+    }
+    let own = own.unwrap();
+    let host = Origin::start(own);
+    let port = host.addr.port();
+    let dns = DnsServer::start();
+    dns.set_static("self.chokepoint.dev", &[IpAddr::V4(own)]);
+    let yaml = policy_reading(443, &[port]).replace(
+        "unsafe_allow_ranges: [",
+        &format!("unsafe_allow_ranges: [{own}/32, "),
+    );
+    let proxy = ProxyProcess::start(Path::new(BIN), &yaml, dns.addr);
+    for url in [
+        format!("http://{own}:{port}/"),
+        format!("http://self.chokepoint.dev:{port}/"),
+    ] {
+        let r = proxy_request(proxy.listen, "GET", &url, "");
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("proxy_host_address")),
+            "{url}"
+        );
+    }
+    assert_eq!(host.connections(), 0, "the proxy reached its own host");
+}
+
+#[test]
+fn reload_over_http_needs_the_admin_token() {
+    let s = setup();
+    let g = |p: &ProxyProcess| p.metric("egress_policy_generation").unwrap();
+    let g0 = g(&s.proxy);
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let r = s.proxy.reload_with(token);
+        assert_eq!(r.status, 401, "{token:?}: {}", r.text());
+    }
+    assert_eq!(g(&s.proxy), g0, "reloaded without the token");
+    assert_eq!(s.proxy.reload().status, 200);
+    assert_eq!(g(&s.proxy), g0 + 1.0);
+}
+
+#[test]
+fn an_origin_cannot_forge_a_proxy_denial() {
+    let s = setup();
+    let port = s.origin.addr.port();
+    s.origin
+        .route_headers("/forged", "X-Egress-Error: write_from_container\r\n");
+    let r = proxy_request(
+        s.proxy.listen,
+        "GET",
+        &format!("http://127.0.0.2:{port}/forged"),
+        "",
+    );
+    assert_eq!((r.status, r.reason()), (200, None), "{:?}", r.headers);
+}
+
+#[test]
+fn slow_and_broken_heads_are_counted_and_audited() {
+    let s = setup();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy(443),
+        s.dns.addr,
+        &["--client-read-timeout-secs", "1"],
+    );
+    // Half a head, then nothing: 408 head_timeout.
+    let mut c = TcpStream::connect(proxy.listen).unwrap();
+    c.write_all(b"GET http://a.example.com/ HTTP/1.1\r\nHost: a.exa")
+        .unwrap();
+    let r = e2e::read_response(&mut c, Duration::from_secs(5)).expect("a 408");
+    assert_eq!((r.status, r.reason()), (408, Some("head_timeout")));
+    // Half a head, then a close: head_incomplete (no one to answer).
+    let mut c = TcpStream::connect(proxy.listen).unwrap();
+    c.write_all(b"GET http://a.example.com/ HTTP/1.1\r\nHo")
+        .unwrap();
+    drop(c);
+    assert_eq!(audit_reasons(&proxy, "head_timeout", 1).len(), 1);
+    assert_eq!(audit_reasons(&proxy, "head_incomplete", 1).len(), 1);
+    let m = proxy.metrics();
+    for reason in ["head_timeout", "head_incomplete"] {
+        assert!(
+            m.contains(&format!(
+                "egress_requests_total{{method=\"OTHER\",reason=\"{reason}\",source=\"container\",verdict=\"deny\"}} 1"
+            )),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn open_connections_and_tunnels_are_gauged() {
+    let sink = Sink::start(ORIGIN_IP);
+    let dns = DnsServer::start();
+    dns.set_static("repo.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let proxy = ProxyProcess::start(Path::new(BIN), &policy(sink.addr.port()), dns.addr);
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(proxy.listen).unwrap())
+        .collect();
+    let mut t = open_tunnel(
+        proxy.listen,
+        &format!("repo.chokepoint.dev:{}", sink.addr.port()),
+    );
+    t.write_all(&client_hello(&[sni_ext("repo.chokepoint.dev")]))
+        .unwrap();
+    let wait_for = |name: &str, v: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.metric(name) != Some(v) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} != {v}: {}",
+                proxy.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("egress_tunnels_active", 1.0);
+    // Three idle, one tunnel; the admin connection is not counted.
+    wait_for("egress_connections_open", 4.0);
+    drop(idle);
+    drop(t);
+    wait_for("egress_tunnels_active", 0.0);
+    wait_for("egress_connections_open", 0.0);
+}
+
+/// Two orgs: `a` on 127.0.0.1, `b` on 127.0.0.5.
+fn two_org_policy(read_port: u16, repo_port: u16) -> String {
+    format!(
+        "version: v1
+unsafe_allow_ranges: [127.0.0.2/32]
+read_ports: [80, {read_port}]
+package_repos:
+  - host: repo.chokepoint.dev
+    ports: [{repo_port}]
+orgs:
+  a:
+    clients: [127.0.0.1/32]
+  b:
+    clients: [127.0.0.5/32]
+"
+    )
+}
+
+#[test]
+fn one_org_cannot_starve_another_and_non_readers_are_cut_off() {
+    if !e2e::require("curl", e2e::have_tool("curl")) {
+        return;
+    }
+    let origin = Origin::start(ORIGIN_IP);
+    let port = origin.addr.port();
+    origin.route_zeros("/big", 1 << 30);
+    let sink = Sink::start(ORIGIN_IP);
+    let dns = DnsServer::start();
+    dns.set_static("repo.chokepoint.dev", &[IpAddr::V4(ORIGIN_IP)]);
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &two_org_policy(port, sink.addr.port()),
+        dns.addr,
+        &[
+            "--max-connections",
+            "110",
+            "--max-connections-per-client",
+            "120",
+            "--max-connections-per-org",
+            "100",
+            "--max-tunnels-per-org",
+            "2",
+            "--client-write-timeout-secs",
+            "3",
+            "--client-read-timeout-secs",
+            "30",
+        ],
+    );
+    // Org a: 50 idle connections, then 100 downloads it never reads (50
+    // over its cap).
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(proxy.listen).unwrap())
+        .collect();
+    let wait_open = |n: f64, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let open = proxy.metric("egress_connections_open").unwrap_or(-1.0);
+            if open == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} connections open, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_open(50.0, Duration::from_secs(10));
+    let req = format!("GET http://127.0.0.2:{port}/big HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n");
+    let downloads: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(proxy.listen).unwrap();
+            let _ = c.write_all(req.as_bytes());
+            c
+        })
+        .collect();
+    wait_open(100.0, Duration::from_secs(10));
+    // Org b still gets its reads.
+    for i in 0..5 {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(["--interface", "127.0.0.5", "-x"])
+            .arg(format!("http://{}", proxy.listen))
+            .arg(format!("http://127.0.0.2:{port}/small"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "org b, request {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Org a's tunnels are capped too.
+    let target = format!("repo.chokepoint.dev:{}", sink.addr.port());
+    drop(idle);
+    wait_open(50.0, Duration::from_secs(10));
+    let tunnels: Vec<TcpStream> = (0..2).map(|_| open_tunnel(proxy.listen, &target)).collect();
+    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let r = send_raw(proxy.listen, connect.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert_eq!((r.status, r.reason()), (429, Some("tunnel_limit")));
+    drop(tunnels);
+    // The 50 downloads that never read are closed by the client write
+    // deadline (3 s), not held forever.
+    let started = Instant::now();
+    wait_open(0.0, Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let cut = audit_reasons(&proxy, "client_timeout", 50);
+    assert_eq!(cut.len(), 50, "{cut:?}");
+    let m = proxy.metrics();
+    assert!(
+        m.contains("egress_requests_total{method=\"OTHER\",reason=\"org_limit\",source=\"container\",verdict=\"deny\"} 50"),
+        "{m}"
+    );
+    drop(downloads);
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_bounds_max_connections() {
+    if !e2e::require(
+        "prlimit",
+        Command::new("prlimit").arg("--version").output().is_ok(),
+    ) {
+        return;
+    }
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_wrapped(
+        &["prlimit", "--nofile=300:400", "--"],
+        Path::new(BIN),
+        &policy(443),
+        dns.addr,
+        &["--max-connections", "10000"],
+    );
+    // (400 - 64) / 2 descriptors per connection.
+    assert_eq!(proxy.metric("egress_connections_max"), Some(168.0));
+    let err = proxy.stderr().join("\n");
+    assert!(
+        err.contains("raised RLIMIT_NOFILE") && err.contains("to=400"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--max-connections clamped") && err.contains("clamped=168"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_request_past_its_deadline_is_cut_and_audited() {
+    // An upstream that accepts and never answers, with a long idle timeout:
+    // only the whole-request deadline ends the request.
+    let silent = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let held = silent.accept();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(held);
+    });
+    let dns = DnsServer::start();
+    let proxy = ProxyProcess::start_with(
+        Path::new(BIN),
+        &policy_reading(443, &[port]),
+        dns.addr,
+        &[
+            "--request-timeout-secs",
+            "1",
+            "--upstream-idle-timeout-secs",
+            "60",
+        ],
+    );
+    let started = Instant::now();
+    let mut c = TcpStream::connect(proxy.listen).unwrap();
+    c.write_all(
+        format!("GET http://127.0.0.2:{port}/slow HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let _ = read_to_close(&mut c);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the connection outlived the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(audit_reasons(&proxy, "request_deadline", 1).len(), 1);
+    holder.join().unwrap();
+}
+
+#[test]
+fn compose_keeps_the_admin_listener_on_loopback_with_a_token() {
+    let text = std::fs::read_to_string(e2e::workspace_root().join("compose.yaml")).unwrap();
+    let admin: SocketAddr = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- --admin-listen="))
+        .expect("compose.yaml sets --admin-listen")
+        .parse()
+        .unwrap();
+    assert!(admin.ip().is_loopback(), "{admin}");
+    assert!(
+        text.contains("EGRESS_ADMIN_TOKEN_FILE:"),
+        "no admin token file"
+    );
+}

@@ -40,6 +40,10 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
     routes: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// Paths answered with this many zero bytes, streamed (not held).
+    zeros: Mutex<HashMap<String, u64>>,
+    /// Paths answered with these extra raw header lines.
+    extra_headers: Mutex<HashMap<String, String>>,
     stop: AtomicBool,
 }
 
@@ -83,6 +87,25 @@ impl Origin {
             .lock()
             .unwrap()
             .insert(path.to_owned(), (content_type.to_owned(), body));
+    }
+
+    /// Serve `len` zero bytes at `path`, written as they go (a download
+    /// far larger than any socket buffer, without holding it in memory).
+    pub fn route_zeros(&self, path: &str, len: u64) {
+        self.shared
+            .zeros
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), len);
+    }
+
+    /// Add raw header lines (each ending in `\r\n`) to the answer at `path`.
+    pub fn route_headers(&self, path: &str, lines: &str) {
+        self.shared
+            .extra_headers
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), lines.to_owned());
     }
 
     /// Every request seen so far.
@@ -176,6 +199,33 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         s.seen.lock().unwrap().push(seen);
+        let zeros = s.zeros.lock().unwrap().get(&path).copied();
+        if let Some(len) = zeros {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            );
+            if conn.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let block = [0u8; 64 * 1024];
+            let mut left = len;
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(60)));
+            while left > 0 {
+                let n = usize::try_from(left.min(block.len() as u64)).unwrap();
+                if conn.write_all(&block[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+            continue;
+        }
+        let extra = s
+            .extra_headers
+            .lock()
+            .unwrap()
+            .get(&path)
+            .cloned()
+            .unwrap_or_default();
         let (ctype, body) = s
             .routes
             .lock()
@@ -184,7 +234,7 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             .cloned()
             .unwrap_or_else(|| ("text/plain".to_owned(), b"origin-ok\n".to_vec()));
         let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n{extra}Content-Length: {}\r\n\r\n",
             body.len()
         );
         if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {

@@ -17,6 +17,8 @@ pub struct ProxyProcess {
     pub policy_path: PathBuf,
     /// The audit log file.
     pub audit_path: PathBuf,
+    /// The admin token `POST /reload` needs (`EGRESS_ADMIN_TOKEN_FILE`).
+    pub admin_token: String,
     child: Child,
     dir: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -35,6 +37,18 @@ impl ProxyProcess {
         dns: SocketAddr,
         extra: &[&str],
     ) -> ProxyProcess {
+        Self::start_wrapped(&[], bin, policy_yaml, dns, extra)
+    }
+
+    /// Start under a wrapper command (e.g. `["prlimit", "--nofile=300:400",
+    /// "--"]`), with extra flags.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        bin: &Path,
+        policy_yaml: &str,
+        dns: SocketAddr,
+        extra: &[&str],
+    ) -> ProxyProcess {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("chokepoint-e2e-{}-{n}", std::process::id()));
@@ -42,17 +56,34 @@ impl ProxyProcess {
         let policy_path = dir.join("policy.yaml");
         let audit_path = dir.join("audit.jsonl");
         std::fs::write(&policy_path, policy_yaml).unwrap();
-        let mut child = Command::new(bin)
+        let admin_token = format!("test-admin-token-{}-{n}", std::process::id());
+        let token_path = dir.join("admin-token");
+        std::fs::write(&token_path, format!("{admin_token}\n")).unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        // An `--audit-log` in `extra` replaces the test's own file.
+        let audit_flag: Vec<&std::ffi::OsStr> = if extra.contains(&"--audit-log") {
+            Vec::new()
+        } else {
+            vec!["--audit-log".as_ref(), audit_path.as_os_str()]
+        };
+        let mut child = cmd
             .arg("--policy")
             .arg(&policy_path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--dns-server")
             .arg(dns.to_string())
-            .arg("--audit-log")
-            .arg(&audit_path)
+            .args(&audit_flag)
             .args(["--connect-timeout-ms", "2000"])
             .args(extra)
             .env("RUST_LOG", "info,pingora=warn")
+            .env("EGRESS_ADMIN_TOKEN_FILE", &token_path)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -99,6 +130,7 @@ impl ProxyProcess {
             admin: field("admin="),
             policy_path,
             audit_path,
+            admin_token,
             child,
             dir,
             stderr,
@@ -138,10 +170,28 @@ impl ProxyProcess {
         crate::send_raw(self.admin, req.as_bytes(), Duration::from_secs(10)).unwrap()
     }
 
-    /// POST /reload.
+    /// POST /reload with the admin token.
     pub fn reload(&self) -> crate::Response {
-        let req = "POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        self.reload_with(Some(&self.admin_token))
+    }
+
+    /// POST /reload with this bearer token, or none.
+    pub fn reload_with(&self, token: Option<&str>) -> crate::Response {
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+        let req = format!(
+            "POST /reload HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+        );
         crate::send_raw(self.admin, req.as_bytes(), Duration::from_secs(10)).unwrap()
+    }
+
+    /// The value of one metric line (`name` with its labels, as printed),
+    /// or `None` when absent.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
     }
 
     /// The /metrics text.

@@ -138,7 +138,11 @@ fn parse_resolve(items: &[String]) -> Result<HashMap<String, Vec<IpAddr>>, Strin
         let host = match Destination::normalize_host(host) {
             Ok(Host::Name(n)) => n,
             Ok(Host::Ip(_)) => return Err(format!("--resolve {item}: HOST must be a name")),
-            Err(e) => return Err(format!("--resolve {item}: {e}")),
+            // A name netpolicy refuses (a spoof, a special-use name, ...):
+            // the target naming it is denied for that reason, which is the
+            // answer `check` owes (exit 1), not a usage error. Kept under
+            // its raw text, it can match no normalized name.
+            Err(_) => host.to_owned(),
         };
         let mut list = Vec::new();
         for ip in ips.split(',').filter(|s| !s.is_empty()) {
