@@ -271,17 +271,8 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     verify_user(state, headers).await.map(Caller::User)
 }
 
-/// The five security headers, on every response.
-pub const SECURITY_HEADERS: [(&str, &str); 5] = [
-    (
-        "strict-transport-security",
-        "max-age=31536000; includeSubDomains",
-    ),
-    ("x-frame-options", "DENY"),
-    ("x-content-type-options", "nosniff"),
-    ("content-security-policy", "default-src 'none'"),
-    ("referrer-policy", "no-referrer"),
-];
+/// The five security headers, on every response (one list for every binary).
+pub use netpolicy::headers::SECURITY_HEADERS;
 
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();

@@ -18,6 +18,7 @@
 
 pub mod decide;
 pub mod dest;
+pub mod headers;
 pub mod homograph;
 pub mod ip;
 pub mod policy;

@@ -1482,6 +1482,37 @@ fn reload_over_http_needs_the_admin_token() {
 }
 
 #[test]
+fn admin_responses_carry_the_security_headers() {
+    // Written out here, not imported: the test states the contract itself.
+    const EXPECTED: [(&str, &str); 5] = [
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("content-security-policy", "default-src 'none'"),
+        ("referrer-policy", "no-referrer"),
+    ];
+    let s = setup();
+    let responses = [
+        ("/metrics", s.proxy.admin_get("/metrics")),
+        ("/healthz", s.proxy.admin_get("/healthz")),
+        ("/readyz", s.proxy.admin_get("/readyz")),
+        ("/nowhere", s.proxy.admin_get("/nowhere")),
+        ("POST /reload without token", s.proxy.reload_with(None)),
+        ("POST /reload", s.proxy.reload()),
+    ];
+    let statuses: Vec<u16> = responses.iter().map(|(_, r)| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 404, 401, 200]);
+    for (what, r) in &responses {
+        for (name, value) in EXPECTED {
+            assert_eq!(r.header(name), Some(value), "{what}: {name}");
+        }
+    }
+}
+
+#[test]
 fn an_origin_cannot_forge_a_proxy_denial() {
     let s = setup();
     let port = s.origin.addr.port();
