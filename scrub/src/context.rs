@@ -585,7 +585,7 @@ pub(crate) fn scan(text: &[u8], ks: usize, ke: usize, seen_to: &mut usize, out: 
     let key = trim_key(raw_key.get(dashes..).unwrap_or_default());
     let before = start.checked_sub(1).and_then(|i| text.get(i)).copied();
     // The cheap test first: most keyword hits in prose have no assignment.
-    let Some((vs, ve)) = value_after(text, end, before, flag, key) else {
+    let Some((vs, ve)) = value_after(text, start, end, before, flag, key) else {
         return;
     };
     let Some(kind) = classify_key(key) else {
@@ -617,39 +617,142 @@ fn trim_key(key: &[u8]) -> &[u8] {
     k
 }
 
-/// The key's words, lowercase: split on `_ - .`, on lower→upper case
-/// changes (`apiKey`) and before the last capital of a capital run followed
-/// by lowercase (`APIKey` → `api`, `key`).
-fn words(key: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let n = key.len();
-    for i in 0..n {
-        let Some(&b) = key.get(i) else { break };
-        if !b.is_ascii_alphanumeric() {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
-            continue;
-        }
-        let prev = i.checked_sub(1).and_then(|j| key.get(j)).copied();
-        let next = key.get(i + 1).copied();
-        let boundary = match prev {
-            Some(p) if b.is_ascii_uppercase() => {
-                p.is_ascii_lowercase()
-                    || (p.is_ascii_uppercase() && next.is_some_and(|x| x.is_ascii_lowercase()))
-            }
-            _ => false,
+/// Most words a key is split into; the rest are ignored.
+const MAX_WORDS: usize = 16;
+
+/// A key split into lowercase words, without allocating: split on `_ - .`,
+/// on lower→upper case changes (`apiKey`) and before the last capital of a
+/// capital run followed by lowercase (`APIKey` → `api`, `key`).
+struct Words {
+    buf: [u8; MAX_KEY],
+    spans: [(usize, usize); MAX_WORDS],
+    n: usize,
+}
+
+impl Words {
+    fn new(key: &[u8]) -> Self {
+        let mut w = Self {
+            buf: [0; MAX_KEY],
+            spans: [(0, 0); MAX_WORDS],
+            n: 0,
         };
-        if boundary && !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
+        let mut cur: Option<usize> = None;
+        for (i, &b) in key.iter().enumerate().take(MAX_KEY) {
+            if let Some(slot) = w.buf.get_mut(i) {
+                *slot = b.to_ascii_lowercase();
+            }
+            let prev = i.checked_sub(1).and_then(|j| key.get(j)).copied();
+            let next = key.get(i + 1).copied();
+            let boundary = !b.is_ascii_alphanumeric()
+                || match prev {
+                    Some(p) if b.is_ascii_uppercase() => {
+                        p.is_ascii_lowercase()
+                            || (p.is_ascii_uppercase()
+                                && next.is_some_and(|x| x.is_ascii_lowercase()))
+                    }
+                    _ => false,
+                };
+            if boundary {
+                if let Some(s) = cur.take() {
+                    w.push(s, i);
+                }
+            }
+            if b.is_ascii_alphanumeric() && cur.is_none() {
+                cur = Some(i);
+            }
         }
-        cur.push(char::from(b.to_ascii_lowercase()));
+        if let Some(s) = cur {
+            w.push(s, key.len().min(MAX_KEY));
+        }
+        w
     }
-    if !cur.is_empty() {
-        out.push(cur);
+
+    fn push(&mut self, start: usize, end: usize) {
+        if let Some(slot) = self.spans.get_mut(self.n) {
+            *slot = (start, end);
+            self.n += 1;
+        }
     }
-    out
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.n {
+            return None;
+        }
+        let &(s, e) = self.spans.get(i)?;
+        self.buf.get(s..e)
+    }
+
+    fn last(&self) -> Option<&[u8]> {
+        self.n.checked_sub(1).and_then(|i| self.get(i))
+    }
+}
+
+/// A word list, sorted once for binary search.
+struct Table(
+    std::sync::OnceLock<Vec<&'static [u8]>>,
+    &'static [&'static str],
+);
+
+impl Table {
+    const fn new(words: &'static [&'static str]) -> Self {
+        Self(std::sync::OnceLock::new(), words)
+    }
+
+    fn contains(&self, w: &[u8]) -> bool {
+        self.0
+            .get_or_init(|| {
+                let mut v: Vec<&[u8]> = self.1.iter().map(|s| s.as_bytes()).collect();
+                v.sort_unstable();
+                v
+            })
+            .binary_search(&w)
+            .is_ok()
+    }
+}
+
+static SECRET: Table = Table::new(SECRET_WORDS);
+static PROVIDER: Table = Table::new(PROVIDER_WORDS);
+static NOT_LAST: Table = Table::new(NOT_SECRET_LAST);
+static QUALIFIER: Table = Table::new(NOT_SECRET_QUALIFIER);
+static AFTER: Table = Table::new(AFTER_KEY);
+static WEAK: Table = Table::new(WEAK_WORDS);
+
+/// `token1`, `secret2`: a numbered name is still the name.
+fn strip_digits(w: &[u8]) -> &[u8] {
+    let n = w.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    w.get(..w.len() - n).unwrap_or(w)
+}
+
+/// Is the key's last word one that says "not the secret itself"
+/// (`session_id` excepted: that is the session)?
+fn last_word_disqualifies(words: &Words) -> bool {
+    let Some(last) = words.last() else {
+        return false;
+    };
+    NOT_LAST.contains(last)
+        && !(last == b"id"
+            && words
+                .len()
+                .checked_sub(2)
+                .and_then(|i| words.get(i))
+                .is_some_and(|w| w == b"session"))
+}
+
+/// Is word `i` a `key` followed by a word that makes it no key
+/// (`keyPair`), or a secret word after a qualifier (`public_key`)?
+fn qualified_away(words: &Words, i: usize) -> bool {
+    let Some(w) = words.get(i).map(strip_digits) else {
+        return false;
+    };
+    (w == b"key" && words.get(i + 1).is_some_and(|x| AFTER.contains(x)))
+        || (SECRET.contains(w)
+            && i.checked_sub(1)
+                .and_then(|j| words.get(j))
+                .is_some_and(|q| QUALIFIER.contains(q)))
 }
 
 /// Does the name before a generic rule's value say the value is not a
@@ -665,96 +768,56 @@ pub(crate) fn key_says_not_secret(prefix: &[u8]) -> bool {
     {
         start -= 1;
     }
-    let key = trim_key(prefix.get(start..end).unwrap_or_default());
-    let words = words(key);
-    let Some(last) = words.last() else {
-        return false;
-    };
-    if NOT_SECRET_LAST.contains(&last.as_str())
-        && !(last == "id" && words.iter().any(|w| w == "session"))
-    {
-        return true;
-    }
-    words.iter().enumerate().any(|(i, w)| {
-        let w = w.trim_end_matches(|c: char| c.is_ascii_digit());
-        (w == "key"
-            && words
-                .get(i + 1)
-                .is_some_and(|x| AFTER_KEY.contains(&x.as_str())))
-            || (SECRET_WORDS.contains(&w)
-                && i.checked_sub(1)
-                    .and_then(|j| words.get(j))
-                    .is_some_and(|q| NOT_SECRET_QUALIFIER.contains(&q.as_str())))
-    })
+    let words = Words::new(trim_key(prefix.get(start..end).unwrap_or_default()));
+    last_word_disqualifies(&words) || (0..words.len()).any(|i| qualified_away(&words, i))
 }
 
 fn classify_key(key: &[u8]) -> Option<KeyKind> {
-    let words = words(key);
-    let last = words.last()?;
-    if NOT_SECRET_LAST.contains(&last.as_str()) {
-        // `session_id`/`sessionid` is the session itself.
-        let session_id = last == "id"
-            && words
-                .len()
-                .checked_sub(2)
-                .and_then(|i| words.get(i))
-                .is_some_and(|w| w == "session");
-        if !session_id {
-            return None;
-        }
-    }
+    let words = Words::new(key);
     let n = words.len();
+    let last = words.last()?;
+    if last_word_disqualifies(&words) {
+        return None;
+    }
+    // A lone `pass` is too common a verb.
+    if n == 1 && last == b"pass" {
+        return None;
+    }
     let mut kind = None;
-    for (i, w) in words.iter().enumerate() {
-        // `token1`, `secret2`: a numbered name is still the name.
-        let w = &w.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
-        if w == "key"
-            && words
-                .get(i + 1)
-                .is_some_and(|x| AFTER_KEY.contains(&x.as_str()))
-        {
+    for i in 0..n {
+        if qualified_away(&words, i) {
             return None;
         }
-        if WEAK_WORDS.contains(&w.as_str()) && n > 1 && i + 1 == n {
+        let Some(w) = words.get(i).map(strip_digits) else {
+            continue;
+        };
+        // `api`, `access`, … as the last word of a longer name
+        // (`slf4j-api`) name a library, not a secret.
+        if WEAK.contains(w) && n > 1 && i + 1 == n {
             continue;
         }
-        let qualifier = i
-            .checked_sub(1)
-            .and_then(|j| words.get(j))
-            .is_some_and(|q| NOT_SECRET_QUALIFIER.contains(&q.as_str()));
-        if SECRET_WORDS.contains(&w.as_str()) {
-            if qualifier {
-                return None;
-            }
-            let k = if matches!(
-                w.as_str(),
-                "password" | "passwords" | "passwd" | "pwd" | "pass" | "passphrase"
-            ) {
+        if SECRET.contains(w) {
+            let password = matches!(
+                w,
+                b"password" | b"passwords" | b"passwd" | b"pwd" | b"pass" | b"passphrase"
+            );
+            kind = Some(if password || kind == Some(KeyKind::Password) {
                 KeyKind::Password
             } else {
                 KeyKind::Token
-            };
-            kind = Some(match (kind, k) {
-                (Some(KeyKind::Password), _) | (_, KeyKind::Password) => KeyKind::Password,
-                _ => KeyKind::Token,
             });
-        } else if kind.is_none() && PROVIDER_WORDS.contains(&w.as_str()) {
+        } else if kind.is_none() && PROVIDER.contains(w) {
             kind = Some(KeyKind::Provider);
         }
-    }
-    // A lone generic word that is also ordinary prose (`access`, `private`,
-    // `api`, `auth`, `session`) names a secret only as part of a longer
-    // name or a quoted/flag key; a lone `pass` is too common a verb.
-    if words.len() == 1 && last == "pass" {
-        return None;
     }
     kind
 }
 
-/// Find the value after the key ending at `end`. `before` is the byte before
+/// Find the value after the key at `key_start..end`. `before` is the byte before
 /// the key (an opening quote or `<`), `flag` says the key is a CLI flag.
 fn value_after(
     text: &[u8],
+    key_start: usize,
     end: usize,
     before: Option<u8>,
     flag: bool,
@@ -799,7 +862,7 @@ fn value_after(
     }
     // A name/value pair: `- name: API_KEY` then `value: "…"` on the next
     // line (Kubernetes, GitHub Actions), or `{ name = "API_KEY", value = "…" }`.
-    if names_a_value(text, before, end.saturating_sub(key.len())) {
+    if names_a_value(text, before, key_start) {
         let mut q = p;
         let limit = p + 32;
         while q < limit && matches!(at(q), Some(b' ' | b'\t' | b'\r' | b'\n' | b',' | b'-')) {
@@ -811,7 +874,7 @@ fn value_after(
             if matches!(at(r), Some(b'"' | b'\'')) {
                 r += 1;
             }
-            return value_after(text, r, None, false, b"value");
+            return value_after(text, q, r, None, false, b"value");
         }
     }
     let gap_start = p;
@@ -1278,13 +1341,20 @@ mod tests {
 
     #[test]
     fn key_words() {
-        assert_eq!(words(b"APIKey"), ["api", "key"]);
-        assert_eq!(words(b"x-api-key"), ["x", "api", "key"]);
-        assert_eq!(words(b"clientSecret2"), ["client", "secret2"]);
+        let split = |k: &[u8]| {
+            let w = Words::new(k);
+            (0..w.len())
+                .map(|i| String::from_utf8(w.get(i).unwrap().to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(split(b"APIKey"), ["api", "key"]);
+        assert_eq!(split(b"x-api-key"), ["x", "api", "key"]);
+        assert_eq!(split(b"clientSecret2"), ["client", "secret2"]);
         assert_eq!(
-            words(b"AWS_SECRET_ACCESS_KEY"),
+            split(b"AWS_SECRET_ACCESS_KEY"),
             ["aws", "secret", "access", "key"]
         );
+        assert_eq!(split(b"__token__"), ["token"]);
     }
 
     #[test]
