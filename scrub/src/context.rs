@@ -43,8 +43,11 @@ const MAX_VALUE: usize = 512;
 /// Whitespace skipped around the operator.
 const MAX_GAP: usize = 8;
 
-/// The prefilter keywords of the context rule (each secret word contains
-/// one of them; provider names are keywords themselves).
+/// The prefilter keywords of the context rule: each secret word contains
+/// one of them. Provider names are not keywords (they would grow the shared
+/// automaton by a third for names that almost always also carry `key`,
+/// `token` or `secret`); a name made of a provider alone (`"datadog": …`)
+/// is therefore not scanned.
 pub(crate) const KEYWORDS: &[&str] = &[
     "key", "token", "secret", "pass", "pwd", "auth", "cred", "bearer", "api", "private", "access",
     "session", "license", "webhook", "pat",
@@ -96,9 +99,9 @@ const SECRET_WORDS: &[&str] = &[
     "masterkey",
 ];
 
-/// Provider and product names: a key made of one of these (and no secret
-/// word), such as `"datadog": "…"` or `SENDGRID=…`, names a credential only
-/// when the value passes the stricter test.
+/// Provider and product names: in a name reached through another keyword
+/// but with no secret word of its own (`DATADOG_API=…`), they make it a
+/// credential name when the value passes the stricter test.
 pub(crate) const PROVIDER_WORDS: &[&str] = &[
     "abstract",
     "adafruit",
@@ -862,7 +865,9 @@ fn value_after(
     }
     // A name/value pair: `- name: API_KEY` then `value: "…"` on the next
     // line (Kubernetes, GitHub Actions), or `{ name = "API_KEY", value = "…" }`.
-    if names_a_value(text, before, key_start) {
+    if matches!(at(p), Some(b'\n' | b'\r' | b',' | b' ' | b'\t'))
+        && names_a_value(text, before, key_start)
+    {
         let mut q = p;
         let limit = p + 32;
         while q < limit && matches!(at(q), Some(b' ' | b'\t' | b'\r' | b'\n' | b',' | b'-')) {
@@ -936,16 +941,23 @@ fn names_a_value(text: &[u8], before: Option<u8>, key_start: usize) -> bool {
     if matches!(before, Some(b'"' | b'\'')) {
         i = i.saturating_sub(1);
     }
+    // Walk back (at most 12 bytes): blanks and quotes, `:` or `=`, blanks
+    // and quotes again, then `name`, case-insensitively.
     let lo = i.saturating_sub(12);
-    let Some(head) = text.get(lo..i) else {
-        return false;
+    let skip = |mut i: usize| {
+        while i > lo && matches!(text.get(i - 1), Some(b' ' | b'\t' | b'"' | b'\'')) {
+            i -= 1;
+        }
+        i
     };
-    let head: Vec<u8> = head
-        .iter()
-        .filter(|b| !matches!(b, b' ' | b'\t' | b'"' | b'\''))
-        .map(u8::to_ascii_lowercase)
-        .collect();
-    head.ends_with(b"name:") || head.ends_with(b"name=")
+    i = skip(i);
+    if i <= lo || !matches!(text.get(i - 1), Some(b':' | b'=')) {
+        return false;
+    }
+    i = skip(i - 1);
+    i.checked_sub(4)
+        .and_then(|s| text.get(s..i))
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"name"))
 }
 
 fn unquoted_value_byte(b: u8) -> bool {
@@ -1287,7 +1299,7 @@ mod tests {
             format!("Cookie: sessionid={s}; path=/"),
             format!("ENV['SECRET_TOKEN'] = '{s}'"),
             format!("secret_key = \"{hex}\""),
-            format!("datadog: {hex}"),
+            format!("DATADOG_API: {hex}"),
             format!("        - name: PROVIDER_API_KEY\n          value: \"{s}\""),
             format!("{{ name = \"PROVIDER_TOKEN\", value = \"{s}\" }}"),
         ] {

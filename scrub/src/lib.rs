@@ -7,14 +7,17 @@
 //! still tell what was there.
 //!
 //! What it catches: gitleaks' default rules (embedded at build time, MIT,
-//! see `rules/gitleaks.toml`), chokepoint's own rules (LLM provider keys,
-//! `Authorization` values, URL passwords and secret query parameters),
+//! see `rules/gitleaks.toml`), chokepoint's own rules (provider token
+//! formats, dotted OAuth tokens, webhook URLs, `Authorization` values, URL
+//! passwords and secret query parameters), the context rule (a secret-naming
+//! key, an assignment and a token-shaped value, in any common syntax: see
+//! `context.rs` and docs/scrubbing.md),
 //! chokepoint's credential handles ([`handle`], checksum-verified) and exact
 //! live values in their common encodings ([`LiveSecrets`]).
 //!
-//! How: one Aho-Corasick automaton over every rule's keywords; a rule's regex
-//! runs only on a window around a hit of one of its keywords, and is compiled
-//! on first use. The rule set is built once per process and shared.
+//! How: one Aho-Corasick automaton over every rule's keywords (the context
+//! rule's too); a rule's regex runs only on a window around a hit of one of
+//! its keywords, and is compiled on first use. The rule set is built once per process and shared.
 //!
 //! This crate owns: the rule set, the handle format, text/JSON/stream
 //! scrubbing. It must never: do I/O, panic on any input, do unbounded work

@@ -950,7 +950,7 @@ impl RuleSet {
             }
         }
         // The context rule (see `context`) shares the automaton.
-        for k in context::KEYWORDS.iter().chain(context::PROVIDER_WORDS) {
+        for k in context::KEYWORDS {
             kw_list.push(((*k).to_owned(), CONTEXT_RULE));
         }
         // Deduplicate keywords: one automaton pattern per distinct keyword.
