@@ -1,6 +1,11 @@
 //! Scrubber throughput: 1 MiB of ordinary JSON log lines, without secrets and
 //! with ~1 % of lines carrying one; rule-set build time; streaming overhead.
-#![allow(missing_docs, clippy::unwrap_used, reason = "benchmark harness")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "benchmark harness"
+)]
 
 use std::hint::black_box;
 

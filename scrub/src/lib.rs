@@ -7,14 +7,17 @@
 //! still tell what was there.
 //!
 //! What it catches: gitleaks' default rules (embedded at build time, MIT,
-//! see `rules/gitleaks.toml`), chokepoint's own rules (LLM provider keys,
-//! `Authorization` values, URL passwords and secret query parameters),
+//! see `rules/gitleaks.toml`), chokepoint's own rules (provider token
+//! formats, dotted OAuth tokens, webhook URLs, `Authorization` values, URL
+//! passwords and secret query parameters), the context rule (a secret-naming
+//! key, an assignment and a token-shaped value, in any common syntax: see
+//! `context.rs` and docs/scrubbing.md),
 //! chokepoint's credential handles ([`handle`], checksum-verified) and exact
 //! live values in their common encodings ([`LiveSecrets`]).
 //!
-//! How: one Aho-Corasick automaton over every rule's keywords; a rule's regex
-//! runs only on a window around a hit of one of its keywords, and is compiled
-//! on first use. The rule set is built once per process and shared.
+//! How: one Aho-Corasick automaton over every rule's keywords (the context
+//! rule's too); a rule's regex runs only on a window around a hit of one of
+//! its keywords, and is compiled on first use. The rule set is built once per process and shared.
 //!
 //! This crate owns: the rule set, the handle format, text/JSON/stream
 //! scrubbing. It must never: do I/O, panic on any input, do unbounded work
@@ -28,6 +31,7 @@
 
 use std::borrow::Cow;
 
+mod context;
 pub mod handle;
 mod json;
 mod live;
@@ -212,6 +216,8 @@ fn merge(text: &str, mut spans: Vec<Span>) -> Vec<Span> {
             .cmp(&b.start)
             .then(b.end.cmp(&a.end))
             .then((b.label == LIVE_LABEL).cmp(&(a.label == LIVE_LABEL)))
+            // A named rule's label is more telling than the context rule's.
+            .then((a.label == context::LABEL).cmp(&(b.label == context::LABEL)))
     });
     let mut out: Vec<Span> = Vec::with_capacity(spans.len());
     for s in spans {
@@ -261,8 +267,8 @@ mod tests {
         assert!(set.errors().is_empty(), "{:?}", set.errors());
         assert_eq!(
             set.len(),
-            239,
-            "217 gitleaks rules with a regex and no path + 22 own"
+            293,
+            "217 gitleaks rules with a regex and no path + 76 own (the context rule is not one)"
         );
         let failed = set.compile_all();
         assert!(failed.is_empty(), "{failed:?}");

@@ -12,7 +12,10 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 
-use crate::{Span, handle};
+use crate::{Span, context, handle};
+
+/// Keyword-table entry that runs the context rule instead of a regex rule.
+const CONTEXT_RULE: usize = usize::MAX;
 
 /// The embedded gitleaks rule file (MIT, attribution in its header).
 pub(crate) const GITLEAKS_TOML: &str = include_str!("../rules/gitleaks.toml");
@@ -157,6 +160,9 @@ struct Rule {
     secret_group: Option<usize>,
     entropy: Option<f64>,
     generic: bool,
+    /// Findings whose value is a placeholder are dropped (rules keyed on a
+    /// name rather than a token format: see `context::is_placeholder`).
+    placeholder_check: bool,
     multiline: bool,
     allowlists: Vec<Allowlist>,
     validator: Option<Validator>,
@@ -278,6 +284,12 @@ fn valid_jwt(b: &[u8]) -> bool {
         .ok()
         .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
         .is_some_and(|v| v.is_object())
+}
+
+/// A prefixed token whose body is a placeholder (`…-AccessTokenHere`,
+/// `xxxx`) is an example, not a secret.
+fn not_placeholder(b: &[u8]) -> bool {
+    !context::is_placeholder(b)
 }
 
 /// Validators attached to gitleaks rules by id.
@@ -437,6 +449,390 @@ const EXTRAS: &[Extra] = &[
         validator: None,
     },
     Extra {
+        id: "nuget-api-key",
+        pattern: r"\b(oy2[a-z0-9]{43})\b",
+        keywords: &["oy2"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "adafruit-io-key",
+        pattern: r"\b(aio_[A-Za-z0-9]{28})\b",
+        keywords: &["aio_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "apify-api-token",
+        pattern: r"\b(apify_api_[A-Za-z0-9]{36})\b",
+        keywords: &["apify_api_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "slack-rotating-token",
+        pattern: r"\b(xoxe\.xox[a-z]-[0-9]-[A-Za-z0-9-]{20,}|xoxe-[0-9]-[A-Za-z0-9-]{20,})",
+        keywords: &["xoxe"],
+        entropy: Some(3.0),
+        validator: Some(not_placeholder),
+    },
+    Extra {
+        id: "notion-legacy-token",
+        pattern: r"\b(secret_[A-Za-z0-9]{43})\b",
+        keywords: &["secret_"],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "supabase-token",
+        pattern: r"\b(sbp_[a-f0-9]{40}|sb_secret_[A-Za-z0-9_-]{20,})",
+        keywords: &["sbp_", "sb_secret_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "replicate-api-token",
+        pattern: r"\b(r8_[A-Za-z0-9]{37})\b",
+        keywords: &["r8_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "langsmith-api-key",
+        pattern: r"\b(lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10})\b",
+        keywords: &["lsv2_"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "pinecone-api-key",
+        pattern: r"\b(pcsk_[A-Za-z0-9]{4,8}_[A-Za-z0-9]{40,})",
+        keywords: &["pcsk_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "tavily-api-key",
+        pattern: r"\b(tvly-(?:dev-|prod-)?[A-Za-z0-9]{32})\b",
+        keywords: &["tvly-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "firecrawl-api-key",
+        pattern: r"\b(fc-[a-f0-9]{32})\b",
+        keywords: &["fc-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "elevenlabs-api-key",
+        pattern: r"\b(sk_[a-f0-9]{48})\b",
+        keywords: &["sk_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "fireworks-api-key",
+        pattern: r"\b(fw_[A-Za-z0-9]{24,})\b",
+        keywords: &["fw_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "stripe-webhook-secret",
+        pattern: r"\b(whsec_[A-Za-z0-9+/]{32,})",
+        keywords: &["whsec_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "buildkite-api-token",
+        pattern: r"\b(bkua_[a-f0-9]{40})\b",
+        keywords: &["bkua_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "circleci-api-token",
+        pattern: r"\b(CCIPAT_[A-Za-z0-9]{20,}_[a-f0-9]{40})\b",
+        keywords: &["ccipat_"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "render-api-key",
+        pattern: r"\b(rnd_[A-Za-z0-9]{32})\b",
+        keywords: &["rnd_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "netlify-pat",
+        pattern: r"\b(nfp_[A-Za-z0-9]{36,40})\b",
+        keywords: &["nfp_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "docker-hub-token",
+        pattern: r"\b(dckr_(?:pat|oat)_[A-Za-z0-9_-]{27,})",
+        keywords: &["dckr_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "figma-pat",
+        pattern: r"\b(figd_[A-Za-z0-9_-]{40,})",
+        keywords: &["figd_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "sonar-token",
+        pattern: r"\b(sq[pua]_[a-f0-9]{40})\b",
+        keywords: &["sqp_", "squ_", "sqa_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "dbt-cloud-token",
+        pattern: r"\b(dbt[cu]_[A-Za-z0-9_-]{40,})",
+        keywords: &["dbtc_", "dbtu_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "neon-api-key",
+        pattern: r"\b(napi_[a-z0-9]{64})\b",
+        keywords: &["napi_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "hubspot-pat",
+        pattern: r"\b(pat-(?:na|eu)[0-9]-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})\b",
+        keywords: &["pat-na", "pat-eu"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "clickup-api-token",
+        pattern: r"\b(pk_[0-9]{6,10}_[A-Z0-9]{32})\b",
+        keywords: &["pk_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "contentful-pat",
+        pattern: r"\b(CFPAT-[A-Za-z0-9_-]{43})",
+        keywords: &["cfpat-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "brevo-smtp-key",
+        pattern: r"\b(xsmtpsib-[a-f0-9]{64}-[A-Za-z0-9]{16})\b",
+        keywords: &["xsmtpsib-"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "braintree-access-token",
+        pattern: r"\b(access_token\$(?:production|sandbox)\$[a-z0-9]{16}\$[a-f0-9]{32})\b",
+        keywords: &["access_token$"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "twitter-bearer-token",
+        pattern: r"\b(A{20,24}[A-Za-z0-9%]{30,})",
+        keywords: &["aaaaaaaaaaaaaaaaaaaa"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "google-oauth-refresh-token",
+        pattern: r"\b(1//0[A-Za-z0-9_-]{40,})",
+        keywords: &["1//0"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "google-oauth-client-secret",
+        pattern: r"\b(GOCSPX-[A-Za-z0-9_-]{28})",
+        keywords: &["gocspx-"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "dropbox-oauth-token",
+        pattern: r"\b(sl\.(?:u\.)?[A-Za-z0-9_-]{130,})",
+        keywords: &["sl."],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "zoho-oauth-token",
+        pattern: r"\b(1000\.[a-f0-9]{32}\.[a-f0-9]{32})\b",
+        keywords: &["1000."],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "mapbox-secret-token",
+        pattern: r"\b(sk\.eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,})",
+        keywords: &["sk.eyj"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "intercom-access-token",
+        pattern: r"\b(dG9rO[A-Za-z0-9+/]{40,}={0,2})",
+        keywords: &["dg9ro"],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "azure-identifiable-key",
+        pattern: r"\b([A-Za-z0-9]{52}JQQJ9[A-Za-z0-9]{27,31})\b",
+        keywords: &["jqqj9"],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "azure-identifiable-key",
+        pattern: r"([A-Za-z0-9+/]{70,80}(?:\+ASt|\+ACR|AzFu|ACDb|\+AEh|\+ASb|\+ARm|APIM|AzSe|AzCa|AIoT)[A-Za-z0-9+/]{4,8}={0,2})",
+        keywords: &[
+            "+ast", "+acr", "azfu", "acdb", "+aeh", "+asb", "+arm", "apim", "azse", "azca", "aiot",
+        ],
+        entropy: Some(4.0),
+        validator: None,
+    },
+    Extra {
+        id: "discord-webhook-url",
+        pattern: r"(?i)discord(?:app)?\.com/api/(?:v[0-9]+/)?webhooks/[0-9]{17,20}/([A-Za-z0-9_-]{60,})",
+        keywords: &["/webhooks/"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "webhook-url-secret",
+        pattern: r"/hooks/(?:catch/[0-9]+/)?([A-Za-z0-9]{6,}(?:/[A-Za-z0-9_-]{6,})?)",
+        keywords: &["/hooks/"],
+        entropy: Some(2.0),
+        validator: None,
+    },
+    Extra {
+        id: "ifttt-webhook-key",
+        pattern: r"maker\.ifttt\.com/trigger/[^/\s]+/with/key/([A-Za-z0-9_-]{20,})",
+        keywords: &["ifttt.com"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "linear-oauth-token",
+        pattern: r"\b(lin_oauth_[a-f0-9]{64})\b",
+        keywords: &["lin_oauth_"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "trello-token",
+        pattern: r"\b(ATTA[A-Za-z0-9]{60,})\b",
+        keywords: &["atta"],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "bitbucket-app-password",
+        pattern: r"\b(ATBB[A-Za-z0-9_=.-]{28,})",
+        keywords: &["atbb"],
+        entropy: Some(3.5),
+        validator: None,
+    },
+    Extra {
+        id: "atlassian-admin-token",
+        pattern: r"\b(ATCTT3xFfGN0[A-Za-z0-9_=-]{100,})",
+        keywords: &["atctt3xffgn0"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "akamai-edgegrid-token",
+        pattern: r"\b(akab-[a-z0-9]{16}-[a-z0-9]{16})\b",
+        keywords: &["akab-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "plaid-access-token",
+        pattern: r"\b(access-(?:sandbox|development|production)-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})\b",
+        keywords: &[
+            "access-sandbox-",
+            "access-development-",
+            "access-production-",
+        ],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "launchdarkly-key",
+        pattern: r"\b((?:sdk|api)-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})\b",
+        keywords: &["sdk-", "api-"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "firebase-cloud-messaging-key",
+        pattern: r"\b(AAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,})",
+        keywords: &[":apa91b"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
+        id: "stytch-secret",
+        pattern: r"\b(secret-(?:live|test)-[A-Za-z0-9_=-]{30,})",
+        keywords: &["secret-live-", "secret-test-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "resend-api-key",
+        pattern: r"\b(re_[A-Za-z0-9]{8}_[A-Za-z0-9]{24})\b",
+        keywords: &["re_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "posthog-personal-api-key",
+        pattern: r"\b(phx_[A-Za-z0-9]{40,})",
+        keywords: &["phx_"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "tailscale-key",
+        pattern: r"\b(tskey-(?:api|auth|client|webhook|scim)-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,})",
+        keywords: &["tskey-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "perplexity-api-key",
+        pattern: r"\b(pplx-[A-Za-z0-9]{48})\b",
+        keywords: &["pplx-"],
+        entropy: Some(3.0),
+        validator: None,
+    },
+    Extra {
+        id: "microsoft-teams-webhook",
+        pattern: r"webhook\.office\.com/webhookb2/[a-f0-9-]{36}@[a-f0-9-]{36}/IncomingWebhook/([a-f0-9]{32}/[a-f0-9-]{36}(?:/[A-Za-z0-9_-]{20,})?)",
+        keywords: &["incomingwebhook/"],
+        entropy: None,
+        validator: None,
+    },
+    Extra {
         id: "url-query-secret",
         pattern: r#"(?i)[?&;](?:access_?token|api[_-]?key|apikey|auth_?token|token|client_secret|secret|password|passwd|pwd|private_token|refresh_token|id_token|key|sig|signature)=([^&#\s"'<>\[\]]{6,})"#,
         keywords: &[
@@ -516,6 +912,7 @@ impl RuleSet {
                 secret_group: r.secret_group,
                 entropy: r.entropy.filter(|e| *e > 0.0),
                 generic: r.id.starts_with("generic"),
+                placeholder_check: r.id.starts_with("generic") || r.id.starts_with("curl-auth"),
                 multiline: is_multiline(pattern),
                 allowlists,
                 validator: GITLEAKS_VALIDATORS
@@ -539,6 +936,7 @@ impl RuleSet {
                 // Like gitleaks' generic rule: a value without a digit is a
                 // placeholder (`?access_token=ACCESS_TOKEN`), not a secret.
                 generic: x.id == "url-query-secret",
+                placeholder_check: x.id == "url-query-secret",
                 multiline: false,
                 allowlists: Vec::new(),
                 validator: x.validator,
@@ -550,6 +948,10 @@ impl RuleSet {
             for k in x.keywords {
                 kw_list.push(((*k).to_ascii_lowercase(), idx));
             }
+        }
+        // The context rule (see `context`) shares the automaton.
+        for k in context::KEYWORDS {
+            kw_list.push(((*k).to_owned(), CONTEXT_RULE));
         }
         // Deduplicate keywords: one automaton pattern per distinct keyword.
         kw_list.sort();
@@ -654,11 +1056,16 @@ impl RuleSet {
         let Some(keywords) = &self.keywords else {
             return;
         };
+        let mut context_seen = 0usize;
         for m in keywords.find_overlapping_iter(bytes) {
             let Some(rule_ids) = self.keyword_rules.get(m.pattern().as_usize()) else {
                 continue;
             };
             for &ri in rule_ids {
+                if ri == CONTEXT_RULE {
+                    context::scan(bytes, m.start(), m.end(), &mut context_seen, out);
+                    continue;
+                }
                 let Some(rule) = self.rules.get(ri) else {
                     continue;
                 };
@@ -723,6 +1130,19 @@ impl RuleSet {
                     continue;
                 }
                 if rule.generic && !sec.iter().any(u8::is_ascii_digit) {
+                    continue;
+                }
+            }
+            // Generic rules (a name, then any token): placeholders, sequences
+            // and values cut short with `...` are not secrets.
+            if rule.placeholder_check && context::is_placeholder(sec) {
+                continue;
+            }
+            // gitleaks' generic rule keys on a word anywhere in a name; the
+            // rest of the name can say it is no secret (`next_page_token`).
+            if rule.generic && !rule.extra {
+                let before = hay.get(whole.start()..secret.start()).unwrap_or_default();
+                if context::key_says_not_secret(before) {
                     continue;
                 }
             }

@@ -100,13 +100,6 @@ const EXCEPTIONS: &[(&str, bool, &str, &str, &str)] = &[
     (
         "gitleaks",
         false,
-        "1password-service-account-token",
-        "ops_eyJzaWduSW5BZGRyZXNzIjoiaHR0cHM6...",
-        OTHER_RULE,
-    ),
-    (
-        "gitleaks",
-        false,
         "anthropic-api-key",
         "sk-ant-admin01-",
         OTHER_RULE,
@@ -135,13 +128,6 @@ const EXCEPTIONS: &[(&str, bool, &str, &str, &str)] = &[
     (
         "gitleaks",
         false,
-        "databricks-api-token",
-        "DATABRICKS_TOKEN=dapi1234",
-        OTHER_RULE,
-    ),
-    (
-        "gitleaks",
-        false,
         "mailchimp-api-key",
         "MailchimpSDK.initialize(token: 3012a5",
         FAIL_CLOSED,
@@ -158,20 +144,6 @@ const EXCEPTIONS: &[(&str, bool, &str, &str, &str)] = &[
         false,
         "cisco-meraki-api-key",
         "meraki_token = 5cb4a5f0",
-        OTHER_RULE,
-    ),
-    (
-        "gitleaks",
-        false,
-        "slack-user-token",
-        "\"token1\": \"xoxp-1234567890\"",
-        OTHER_RULE,
-    ),
-    (
-        "gitleaks",
-        false,
-        "slack-user-token",
-        "\"token3\": \"xoxp-1234-1234-1234-4ddbc",
         OTHER_RULE,
     ),
     (
