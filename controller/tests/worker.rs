@@ -601,6 +601,30 @@ fn deny_table() {
     assert_eq!(seen.len(), before + 1, "the redirect was followed");
     assert!(seen.iter().all(|s| !s.target.starts_with("/landing")));
 
+    // A read redirected to another host: followed (re-decided, re-resolved),
+    // and the credential is not sent there.
+    let before = env.origin.seen().len();
+    let (status, v) = w.request(
+        &run,
+        &serde_json::json!({"method": "GET", "url": env.url(CAL, &format!("/redirect?to={}", env.url(READS, "/next"))), "credential": cal}),
+    );
+    assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+    assert_eq!(v["reason"], "read_public");
+    let seen = env.origin.seen();
+    assert_eq!(seen.len(), before + 2);
+    assert_eq!(
+        seen[before].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert!(seen[before + 1].target.starts_with("/next"));
+    assert_eq!(
+        seen[before + 1]
+            .header("host")
+            .map(|h| h.starts_with(READS)),
+        Some(true)
+    );
+    assert!(seen[before + 1].header("authorization").is_none());
+
     // A read redirected to 127.0.0.1: denied at the hop.
     let local = format!("http://127.0.0.1:{}/", env.origin.addr.port());
     let before = env.origin.connections();
