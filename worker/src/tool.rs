@@ -400,7 +400,16 @@ impl Tool<'_> {
         let mut stream = scrubber.stream();
         let mut out = String::new();
         let mut received = 0usize;
-        loop {
+        // A body encoded despite `Accept-Encoding: identity` cannot be
+        // scrubbed as text: it is withheld (fail closed), and flagged.
+        let encoded = head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            trace.truncated = true;
+        }
+        while !encoded {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => {
                     trace.truncated = true;
