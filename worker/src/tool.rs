@@ -409,7 +409,10 @@ impl Tool<'_> {
         if encoded {
             trace.truncated = true;
         }
-        while !encoded {
+        loop {
+            if encoded {
+                break;
+            }
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => {
                     trace.truncated = true;
