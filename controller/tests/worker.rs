@@ -1086,3 +1086,125 @@ mod prop {
         assert!(env.blocked_hits.load(Ordering::SeqCst) == 0);
     }
 }
+
+#[test]
+fn credential_cli_add_list_remove() {
+    if !e2e::require("openssl", have_openssl()) {
+        return;
+    }
+    let env = Env::new();
+    let store = env.store();
+    let policy = env.policy.to_str().unwrap().to_owned();
+    let add = |org: &str, integration: &str, extra: &[&str], stdin: &str| {
+        let mut args = vec![
+            "credential",
+            "add",
+            "--store",
+            &store,
+            "--policy",
+            &policy,
+            "--org",
+            org,
+            "--integration",
+            integration,
+        ];
+        args.extend_from_slice(extra);
+        env.ctl(&args, stdin)
+    };
+    let fails = |out: &Output, needle: &str| {
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+        assert!(!err.contains("secret-value"), "{err}");
+    };
+    fails(
+        &add("acme", "crm", &[], "secret-value-123\n"),
+        "no integration `crm`",
+    );
+    fails(
+        &add("nobody", "calendar", &[], "secret-value-123\n"),
+        "org `nobody`",
+    );
+    fails(&add("acme", "calendar", &[], ""), "empty");
+    fails(
+        &add("acme", "calendar", &[], "secret-value\r\nX-Evil: 1\n"),
+        "control character",
+    );
+    fails(
+        &add(
+            "acme",
+            "calendar",
+            &["--header", "Authorization: Bearer"],
+            "secret-value-123\n",
+        ),
+        "{token}",
+    );
+    assert!(
+        add("acme", "calendar", &[], "secret-value-123\n")
+            .status
+            .success()
+    );
+    fails(
+        &add("acme", "calendar", &[], "secret-value-456\n"),
+        "already exists",
+    );
+    let out = add(
+        "acme",
+        "mail",
+        &["--header", "X-Api-Key: {token}"],
+        "secret-value-789\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = add("globex", "calendar", &[], "secret-value-000\n");
+    assert!(out.status.success());
+
+    let list = |org: Option<&str>| {
+        let mut args = vec!["credential", "list", "--store", &store];
+        if let Some(o) = org {
+            args.extend_from_slice(&["--org", o]);
+        }
+        let out = env.ctl(&args, "");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let all = list(None);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(!all.contains("secret-value"), "{all}");
+    let acme = list(Some("acme"));
+    assert_eq!(acme.lines().count(), 2);
+    assert!(acme.contains("\"header\":\"x-api-key\""), "{acme}");
+
+    let remove = |integration: &str| {
+        env.ctl(
+            &[
+                "credential",
+                "remove",
+                "--store",
+                &store,
+                "--org",
+                "acme",
+                "--integration",
+                integration,
+            ],
+            "",
+        )
+    };
+    assert!(remove("mail").status.success());
+    assert_eq!(list(Some("acme")).lines().count(), 1);
+    fails(&remove("mail"), "no credential");
+
+    // A run gets a handle only for integrations with a credential.
+    let w = env.worker();
+    let (_, handles) = w.run("acme", &["calendar", "mail"], 60);
+    assert!(handles["calendar"].is_string());
+    assert!(handles.get("mail").is_none(), "{handles}");
+}
