@@ -178,6 +178,24 @@ fn worker_child_runs_unprivileged_and_is_restarted() {
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
+    // It answers on that socket.
+    if e2e::have_tool("curl") {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                "--unix-socket",
+                sock.to_str().unwrap(),
+            ])
+            .arg("http://worker/healthz")
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ok"),
+            "{out:?}"
+        );
+    }
     // The Docker socket, when there is one, is out of its reach.
     let docker = std::path::Path::new("/var/run/docker.sock");
     if docker.exists() {
