@@ -202,7 +202,7 @@ impl App {
                 }
             }
             (&HttpMethod::POST, ["", "v1", "runs", run, "renew"]) => {
-                match self.broker.touch_run(run, crate::unix_now()).await {
+                match self.broker.renew_run(run, crate::unix_now()).await {
                     Ok(r) => json(
                         StatusCode::OK,
                         &Renewed {

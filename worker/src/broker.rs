@@ -156,8 +156,18 @@ impl Broker {
         Ok(StartedRun { run, handles })
     }
 
-    /// The run if it is alive, renewed by its TTL.
+    /// The run if it is alive, renewed by its TTL once half of it is used
+    /// (every tool request).
     pub async fn touch_run(&self, run_id: &str, now: i64) -> BrokerResult<RunRecord> {
+        self.extend(run_id, now, false).await
+    }
+
+    /// The run if it is alive, renewed by its TTL now (`POST …/renew`).
+    pub async fn renew_run(&self, run_id: &str, now: i64) -> BrokerResult<RunRecord> {
+        self.extend(run_id, now, true).await
+    }
+
+    async fn extend(&self, run_id: &str, now: i64, force: bool) -> BrokerResult<RunRecord> {
         if !valid_id(run_id) {
             return Err(Reason::UnknownRun);
         }
@@ -168,6 +178,11 @@ impl Broker {
             .map_err(internal)?
             .filter(|r| r.alive(now))
             .ok_or(Reason::UnknownRun)?;
+        // Renew once half the TTL is used: one store write per half-TTL,
+        // not one per request.
+        if !force && run.expires_at - now > run.ttl_secs / 2 {
+            return Ok(run);
+        }
         self.store
             .renew_run(run_id, now, now + run.ttl_secs)
             .await
