@@ -557,6 +557,12 @@ fn deny_table() {
         &serde_json::json!({"method": "GET", "url": env.url(READS, "/"), "credential": cal_b}),
     );
     assert_eq!(r.1["reason"], "credential_host_mismatch");
+    // A credential never travels over plain http (a read to its own host).
+    let r = w.request(
+        &run,
+        &serde_json::json!({"method": "GET", "url": format!("http://{CAL}:{}/", env.origin.addr.port()), "credential": cal}),
+    );
+    assert_eq!(r.1["reason"], "credential_host_mismatch");
     // Handles of another run, another org, expired, revoked, forged: one answer.
     std::thread::sleep(Duration::from_millis(2100));
     for h in [

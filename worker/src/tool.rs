@@ -255,7 +255,10 @@ impl Tool<'_> {
         if let Some(handle) = &req.credential {
             let inj = self.broker.resolve(run, handle, now).await?;
             let org = self.policy.org_entry(&run.org).ok_or(Reason::UnknownOrg)?;
-            if !org.integration_has_host(&inj.integration, &parsed.dest.host) {
+            // A token travels only over https, only to its integration's hosts.
+            if parsed.dest.scheme != netpolicy::Scheme::Https
+                || !org.integration_has_host(&inj.integration, &parsed.dest.host)
+            {
                 return Err(Reason::CredentialHostMismatch);
             }
             trace.integration = Some(inj.integration.clone());
@@ -307,9 +310,10 @@ impl Tool<'_> {
             {
                 builder = builder.header(http::header::USER_AGENT, "chokepoint-worker");
             }
-            // The credential goes only to the host it was checked for.
+            // The credential goes only to the host it was checked for, over https.
             if let Some((n, v)) = &auth {
-                if parsed.dest.host == first_host {
+                if parsed.dest.host == first_host && parsed.dest.scheme == netpolicy::Scheme::Https
+                {
                     builder = builder.header(n, v.clone());
                 }
             }
