@@ -677,6 +677,19 @@ fn deny_table() {
         m.contains("worker_requests_total{method=\"POST\",reason=\"invalid_handle\"} 6"),
         "{m}"
     );
+    // The sweeper revokes the expired run (it runs every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !w
+        .metrics()
+        .contains("worker_runs_ended_total{cause=\"expired\"} 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper did not run: {}",
+            w.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A well-formed handle (valid checksum) that was never issued.
