@@ -166,20 +166,19 @@ impl TlsOrigin {
         .unwrap();
         let config = Arc::new(config);
         let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
         let sh = Arc::clone(&shared);
+        // Blocking accept (no polling delay); `Drop` wakes it with a connection.
         std::thread::spawn(move || {
-            while !sh.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        sh.connections.fetch_add(1, Ordering::SeqCst);
-                        let (sh, config) = (Arc::clone(&sh), Arc::clone(&config));
-                        std::thread::spawn(move || serve(stream, &config, &sh));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            for stream in listener.incoming() {
+                if sh.stop.load(Ordering::SeqCst) {
+                    break;
                 }
+                let Ok(stream) = stream else { continue };
+                sh.connections.fetch_add(1, Ordering::SeqCst);
+                let (sh, config) = (Arc::clone(&sh), Arc::clone(&config));
+                std::thread::spawn(move || serve(stream, &config, &sh));
             }
         });
         TlsOrigin { addr, shared }
@@ -199,6 +198,7 @@ impl TlsOrigin {
 impl Drop for TlsOrigin {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }
 
