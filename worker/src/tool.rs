@@ -30,7 +30,6 @@ use http::header::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use netpolicy::{Destination, Method, Policy, Reason, Request, Source};
 use scrub::Scrubber;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -282,7 +281,7 @@ impl Tool<'_> {
             None => None,
         };
         let scrubber = match &injection {
-            Some(inj) => Scrubber::with_live_secrets([inj.token.expose_secret()]),
+            Some(inj) => inj.scrubber.clone(),
             None => Scrubber::new(),
         };
         let first_host = parsed.dest.host.clone();
