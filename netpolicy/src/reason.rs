@@ -121,7 +121,8 @@ pub enum Reason {
     /// A credential handle that is unknown, expired, revoked or bound to
     /// another run or org (one answer for all: no oracle).
     InvalidHandle,
-    /// A credential used on a host that is not one of its integration's hosts.
+    /// A credential used on a host that is not one of its integration's
+    /// hosts, or over plain http.
     CredentialHostMismatch,
     /// The stored credential cannot be used (it does not decrypt, or it
     /// cannot travel in a header).
@@ -355,7 +356,7 @@ impl Reason {
                 "the credential handle is not valid for this run; use a handle returned when this run started"
             }
             Reason::CredentialHostMismatch => {
-                "a credential is sent only to its integration's hosts; use the handle of the integration that owns this host"
+                "a credential is sent only to its integration's hosts, over https; use the handle of the integration that owns this host"
             }
             Reason::InvalidCredential => {
                 "the stored credential cannot be used; ask an operator to add it again"

@@ -31,6 +31,10 @@ pub const MAX_TTL_SECS: i64 = 24 * 3600;
 pub const DEFAULT_TTL_SECS: i64 = 600;
 /// Tool requests one run may have in flight.
 pub const RUN_CONCURRENCY: usize = 8;
+/// Scrubbers kept for (credential, version): building one compiles an
+/// automaton of the token's encodings, which costs more than the rest of the
+/// request's own work. Cleared when full.
+const SCRUBBER_CACHE: usize = 1024;
 
 /// A credential ready to inject: the header and the token, in memory only.
 pub struct Injection {
@@ -40,6 +44,8 @@ pub struct Injection {
     pub template: HeaderTemplate,
     /// The token.
     pub token: SecretString,
+    /// The default rules plus this token's live forms.
+    pub scrubber: scrub::Scrubber,
 }
 
 impl std::fmt::Debug for Injection {
@@ -65,6 +71,7 @@ pub struct Broker {
     store: Arc<dyn Store>,
     keys: Arc<Keyring>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    scrubbers: Mutex<HashMap<(String, i64), scrub::Scrubber>>,
 }
 
 /// A store or crypto failure, already mapped to a reason.
@@ -82,6 +89,7 @@ impl Broker {
             store,
             keys,
             limits: Mutex::new(HashMap::new()),
+            scrubbers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,8 +164,18 @@ impl Broker {
         Ok(StartedRun { run, handles })
     }
 
-    /// The run if it is alive, renewed by its TTL.
+    /// The run if it is alive, renewed by its TTL once half of it is used
+    /// (every tool request).
     pub async fn touch_run(&self, run_id: &str, now: i64) -> BrokerResult<RunRecord> {
+        self.extend(run_id, now, false).await
+    }
+
+    /// The run if it is alive, renewed by its TTL now (`POST …/renew`).
+    pub async fn renew_run(&self, run_id: &str, now: i64) -> BrokerResult<RunRecord> {
+        self.extend(run_id, now, true).await
+    }
+
+    async fn extend(&self, run_id: &str, now: i64, force: bool) -> BrokerResult<RunRecord> {
         if !valid_id(run_id) {
             return Err(Reason::UnknownRun);
         }
@@ -168,6 +186,11 @@ impl Broker {
             .map_err(internal)?
             .filter(|r| r.alive(now))
             .ok_or(Reason::UnknownRun)?;
+        // Renew once half the TTL is used: one store write per half-TTL,
+        // not one per request.
+        if !force && run.expires_at - now > run.ttl_secs / 2 {
+            return Ok(run);
+        }
         self.store
             .renew_run(run_id, now, now + run.ttl_secs)
             .await
@@ -255,11 +278,32 @@ impl Broker {
             name: cred.header_name.clone(),
             value: cred.header_template.clone(),
         };
+        let scrubber = self.scrubber_for(&cred.id, cred.version, &token);
         Ok(Injection {
             integration: rec.integration,
             template,
             token,
+            scrubber,
         })
+    }
+
+    /// The scrubber for this credential version (cached).
+    fn scrubber_for(&self, id: &str, version: i64, token: &SecretString) -> scrub::Scrubber {
+        let key = (id.to_owned(), version);
+        if let Ok(cache) = self.scrubbers.lock() {
+            if let Some(s) = cache.get(&key) {
+                return s.clone();
+            }
+        }
+        let built =
+            scrub::Scrubber::with_live_secrets([secrecy::ExposeSecret::expose_secret(token)]);
+        if let Ok(mut cache) = self.scrubbers.lock() {
+            if cache.len() >= SCRUBBER_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, built.clone());
+        }
+        built
     }
 }
 

@@ -293,11 +293,14 @@ async fn run(args: WorkerArgs) -> ExitCode {
 }
 
 /// Bind a unix socket with mode 0600 (a stale socket file is replaced).
+///
+/// The socket is bound inside a fresh 0700 directory, set to 0600 there and
+/// only then renamed into place, so it is never reachable with the umask's
+/// mode.
 fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
             std::fs::remove_file(path)?;
@@ -310,9 +313,17 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let private = dir.join(format!(".worker-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let tmp = private.join("sock");
+    let bound = UnixListener::bind(&tmp).and_then(|l| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 fn serve_conn<S>(stream: S, app: Arc<App>)

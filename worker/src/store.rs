@@ -264,14 +264,12 @@ fn cred_from(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Er
 
 fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> {
     let list: String = row.try_get("integrations")?;
+    let integrations: Vec<String> =
+        serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(RunRecord {
         id: row.try_get("id")?,
         org: row.try_get("org")?,
-        integrations: list
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        integrations,
         ttl_secs: row.try_get("ttl_secs")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -418,7 +416,10 @@ impl Store for SqliteStore {
         ))
         .bind(&run.id)
         .bind(&run.org)
-        .bind(run.integrations.join(","))
+        .bind(
+            serde_json::to_string(&run.integrations)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        )
         .bind(run.ttl_secs)
         .bind(run.expires_at)
         .bind(run.revoked_at)

@@ -30,7 +30,6 @@ use http::header::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use netpolicy::{Destination, Method, Policy, Reason, Request, Source};
 use scrub::Scrubber;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -255,7 +254,10 @@ impl Tool<'_> {
         if let Some(handle) = &req.credential {
             let inj = self.broker.resolve(run, handle, now).await?;
             let org = self.policy.org_entry(&run.org).ok_or(Reason::UnknownOrg)?;
-            if !org.integration_has_host(&inj.integration, &parsed.dest.host) {
+            // A token travels only over https, only to its integration's hosts.
+            if parsed.dest.scheme != netpolicy::Scheme::Https
+                || !org.integration_has_host(&inj.integration, &parsed.dest.host)
+            {
                 return Err(Reason::CredentialHostMismatch);
             }
             trace.integration = Some(inj.integration.clone());
@@ -279,7 +281,7 @@ impl Tool<'_> {
             None => None,
         };
         let scrubber = match &injection {
-            Some(inj) => Scrubber::with_live_secrets([inj.token.expose_secret()]),
+            Some(inj) => inj.scrubber.clone(),
             None => Scrubber::new(),
         };
         let first_host = parsed.dest.host.clone();
@@ -307,9 +309,10 @@ impl Tool<'_> {
             {
                 builder = builder.header(http::header::USER_AGENT, "chokepoint-worker");
             }
-            // The credential goes only to the host it was checked for.
+            // The credential goes only to the host it was checked for, over https.
             if let Some((n, v)) = &auth {
-                if parsed.dest.host == first_host {
+                if parsed.dest.host == first_host && parsed.dest.scheme == netpolicy::Scheme::Https
+                {
                     builder = builder.header(n, v.clone());
                 }
             }
@@ -400,7 +403,19 @@ impl Tool<'_> {
         let mut stream = scrubber.stream();
         let mut out = String::new();
         let mut received = 0usize;
+        // A body encoded despite `Accept-Encoding: identity` cannot be
+        // scrubbed as text: it is withheld (fail closed), and flagged.
+        let encoded = head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            trace.truncated = true;
+        }
         loop {
+            if encoded {
+                break;
+            }
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => {
                     trace.truncated = true;

@@ -21,7 +21,7 @@ CREATE TABLE credentials (
     UNIQUE (org, integration)
 );
 
--- A run: an agent's session. Its integrations (comma-separated names) are
+-- A run: an agent's session. Its integrations (a JSON array of names) are
 -- its write set. A run is alive while revoked_at IS NULL and now < expires_at.
 CREATE TABLE runs (
     id           TEXT    NOT NULL PRIMARY KEY,
