@@ -36,8 +36,10 @@ const SERVICE_TOKEN: &str = "svc-token-0123456789abcdef";
 const TOKEN: &str = "ya29.a0AfH6SM-live/Tok+en=\"q\"_0123456789xyz";
 const GLOBEX_TOKEN: &str = "globex-token-9876543210-abcdefgh";
 
+/// The test policy; the origin's random port is its one extra read port.
 const POLICY: &str = "version: v1
 unsafe_allow_ranges: [127.0.0.2/32]
+read_ports: [443, ORIGIN_PORT]
 orgs:
   acme:
     integrations:
@@ -85,7 +87,6 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let policy = dir.join("policy.yaml");
-        std::fs::write(&policy, POLICY).unwrap();
         let key_file = dir.join("master.key");
         std::fs::write(&key_file, format!("{}\n", b64(&[0x42; 32]))).unwrap();
         let token_file = dir.join("service.token");
@@ -99,6 +100,8 @@ impl Env {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0),
             &ca,
         );
+        let port = origin.addr.port().to_string();
+        std::fs::write(&policy, POLICY.replace("ORIGIN_PORT", &port)).unwrap();
         let dns = DnsServer::start();
         let good = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -587,6 +587,11 @@ pub(crate) fn scan(text: &[u8], ks: usize, ke: usize, seen_to: &mut usize, out: 
         dashes > 0 && (start == 0 || text.get(start - 1).is_some_and(|b| b.is_ascii_whitespace()));
     let key = trim_key(raw_key.get(dashes..).unwrap_or_default());
     let before = start.checked_sub(1).and_then(|i| text.get(i)).copied();
+    // A host or a path segment (`https://api.example.com:8443/…`): the `:`
+    // after it starts a port, not a value.
+    if before == Some(b'/') {
+        return;
+    }
     // The cheap test first: most keyword hits in prose have no assignment.
     let Some((vs, ve)) = value_after(text, start, end, before, flag, key) else {
         return;
@@ -1346,6 +1351,8 @@ mod tests {
             "pub const SN_id_Gost28147_89_None_KeyMeshing = \"id-Gost28147-89-None-KeyMeshing\"",
             "KeyPair = X25519.KeyPair",
             "            keyPressed = kVK_Return.u16",
+            "Location: https://api.calendar-e2e.com:41234/landing?to=x9Kq2Lm7Zp4Rt8Wv",
+            "curl https://api.example.com:8443/v1/tokens/Zx81kQ2mP9rT4wYb",
         ] {
             assert!(found(text).is_empty(), "{text}: {:?}", found(text));
         }
