@@ -1012,6 +1012,7 @@ fn bad_input_is_a_4xx_never_a_5xx() {
         let r = w.call_with(method, &path, a.as_deref(), &body);
         assert_eq!(r.status, status, "{method} {path}: {}", r.text());
         assert_eq!(Worker::json(&r)["reason"], reason, "{method} {path}");
+        assert_security_headers(&r, &format!("{method} {path}"));
     }
     // A huge body: 413, and the worker is still fine.
     let huge = format!(
@@ -1039,8 +1040,28 @@ fn bad_input_is_a_4xx_never_a_5xx() {
     assert_eq!(status, 200);
     assert_eq!(v["truncated"], true);
     assert_eq!(v["body"].as_str().unwrap().len(), 10 * 1024 * 1024);
-    assert_eq!(w.call_with("GET", "/healthz", None, b"").status, 200);
-    assert_eq!(w.call_with("GET", "/readyz", None, b"").status, 200);
+    for path in ["/healthz", "/readyz"] {
+        let r = w.call_with("GET", path, None, b"");
+        assert_eq!(r.status, 200);
+        assert_security_headers(&r, path);
+    }
+}
+
+/// The five headers every chokepoint endpoint sends (written out here: the
+/// test states the contract itself).
+fn assert_security_headers(r: &Response, what: &str) {
+    for (name, value) in [
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("content-security-policy", "default-src 'none'"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(r.header(name), Some(value), "{what}: {name}");
+    }
 }
 
 mod prop {

@@ -4,14 +4,15 @@
 //! Format (modelled on GitHub's 2021 token format):
 //!
 //! ```text
-//! cph_ <30 base62 chars of randomness> <6 base62 chars of CRC32>
+//! cph_ <43 base62 chars of randomness> <6 base62 chars of CRC32>
 //! ```
 //!
 //! * `cph_` is a fixed prefix, so a scanner finds handles by a literal.
-//! * 30 base62 characters carry log2(62^30) ≈ 178.6 bits of randomness.
-//! * the last 6 characters are the CRC-32 (IEEE) of the 30 random characters
+//! * 43 base62 characters hold the caller's 256 random bits whole
+//!   (62^43 > 2^256, so the encoding is one-to-one: no bit is dropped).
+//! * the last 6 characters are the CRC-32 (IEEE) of the 43 random characters
 //!   (as ASCII), written in base62, most significant digit first, zero padded
-//!   (62^6 > 2^32). A random 36-character string passes the check with
+//!   (62^6 > 2^32). A random 49-character string passes the check with
 //!   probability 2^-32, so the scrubber's handle rule has almost no false
 //!   positives.
 //!
@@ -23,7 +24,7 @@
 /// The fixed prefix of every handle.
 pub const PREFIX: &str = "cph_";
 /// Number of base62 characters of randomness.
-pub const RANDOM_LEN: usize = 30;
+pub const RANDOM_LEN: usize = 43;
 /// Number of base62 characters of checksum.
 pub const CHECKSUM_LEN: usize = 6;
 /// Total length of a handle, prefix included.
@@ -32,7 +33,7 @@ pub const HANDLE_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), bitwise: handles
-/// are 30 bytes, speed is irrelevant.
+/// are 43 bytes, speed is irrelevant.
 pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc: u32 = 0xFFFF_FFFF;
     for &b in data {
@@ -63,8 +64,8 @@ fn checksum_chars(random: &str) -> String {
 
 /// Build a handle from 32 caller-supplied random bytes (use a CSPRNG).
 ///
-/// The 256-bit input is read as a big-endian integer and its 30 lowest base62
-/// digits become the random part (bias below 2^-77).
+/// The 256-bit input is read as a big-endian integer and written as 43
+/// base62 digits (62^43 > 2^256: every input bit is kept, no bias).
 #[must_use]
 pub fn generate(random: &[u8; 32]) -> String {
     let mut num = *random;
@@ -119,6 +120,21 @@ mod tests {
         assert!(a.starts_with(PREFIX));
         assert!(is_valid(&a) && is_valid(&b));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn every_random_bit_is_kept() {
+        // Flipping any one of the 256 input bits changes the handle: no bit
+        // is dropped by the encoding (30 digits used to drop the top 77).
+        let base = [0u8; 32];
+        let h0 = generate(&base);
+        for bit in 0..256 {
+            let mut r = base;
+            r[bit / 8] ^= 1 << (bit % 8);
+            assert_ne!(generate(&r), h0, "bit {bit} is lost");
+        }
+        // The largest input still fits: 62^43 > 2^256.
+        assert!(is_valid(&generate(&[0xFF; 32])));
     }
 
     #[test]

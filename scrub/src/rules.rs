@@ -359,7 +359,7 @@ const EXTRAS: &[Extra] = &[
     },
     Extra {
         id: "chokepoint-handle",
-        pattern: r"\b(cph_[0-9A-Za-z]{36})\b",
+        pattern: r"\b(cph_[0-9A-Za-z]{49})\b",
         keywords: &["cph_"],
         entropy: None,
         validator: Some(valid_handle),

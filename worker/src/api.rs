@@ -151,8 +151,22 @@ impl App {
         digest(token).ct_eq(&self.token_digest).into()
     }
 
-    /// Route one request.
+    /// Answer one request: route it, then set the security headers every
+    /// chokepoint endpoint sends on every response.
     pub async fn handle(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let mut resp = self.route(req).await?;
+        let headers = resp.headers_mut();
+        for (name, value) in netpolicy::headers::SECURITY_HEADERS {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        Ok(resp)
+    }
+
+    /// Route one request.
+    async fn route(
         self: Arc<Self>,
         req: http::Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
