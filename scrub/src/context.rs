@@ -596,10 +596,16 @@ pub(crate) fn scan(text: &[u8], ks: usize, ke: usize, seen_to: &mut usize, out: 
     let Some((vs, ve)) = value_after(text, start, end, before, flag, key) else {
         return;
     };
-    let Some(kind) = classify_key(key) else {
+    let Some(value) = text.get(vs..ve) else {
         return;
     };
-    let Some(value) = text.get(vs..ve) else {
+    // What every kind of value needs (see `plausible_secret`), checked
+    // before the key is split into words: most hits in logs are names like
+    // `path` or `session` with a short, path-like or letterless value.
+    if !value_may_be_secret(value) {
+        return;
+    }
+    let Some(kind) = classify_key(key) else {
         return;
     };
     // Cut short for display (`sk_live_51H...`, `abc…`): not the secret.
@@ -1014,6 +1020,14 @@ fn echoes_key(key: &[u8], value: &[u8]) -> bool {
 }
 
 /// Does `value`, assigned to a key of this kind, look like a real secret?
+/// Necessary for [`plausible_secret`] whatever the key's kind: at least the
+/// smallest length floor, at most [`MAX_VALUE`], a letter, and no path start.
+fn value_may_be_secret(value: &[u8]) -> bool {
+    (8..=MAX_VALUE).contains(&value.len())
+        && !matches!(value.first(), Some(b'/' | b'~'))
+        && value.iter().any(u8::is_ascii_alphabetic)
+}
+
 fn plausible_secret(value: &[u8], kind: KeyKind) -> bool {
     let len = value.len();
     let min = match kind {

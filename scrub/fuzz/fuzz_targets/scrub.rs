@@ -3,7 +3,8 @@
 //! same output as one shot; a live value given to the scrubber never
 //! survives; JSON output stays valid JSON.
 //!
-//! Run (nightly): `cargo +nightly fuzz run scrub` in scrub/fuzz.
+//! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run scrub -- -max_total_time=300`
+//! in scrub/fuzz (no nightly toolchain needed).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
