@@ -14,7 +14,7 @@ use scrub::{RuleSet, Scrubber, StreamScrubber};
 
 const MIB: usize = 1024 * 1024;
 
-include!("logs.rs");
+include!("common/logs.rs");
 
 fn bench(c: &mut Criterion) {
     let clean = logs(None);

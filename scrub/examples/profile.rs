@@ -18,7 +18,7 @@ use scrub::{Scrubber, StreamScrubber};
 
 const MIB: usize = 1024 * 1024;
 
-include!("../benches/logs.rs");
+include!("../benches/common/logs.rs");
 
 fn main() {
     let mut args = std::env::args().skip(1);
