@@ -18,6 +18,7 @@
 
 pub mod dns;
 pub mod origin;
+pub mod pg;
 pub mod proxy;
 pub mod tls_origin;
 

@@ -1,8 +1,9 @@
 //! The credential store: one [`Store`] trait, backends behind it.
 //!
-//! SQLite ([`SqliteStore`], `--store sqlite:PATH`) is the embedded default.
-//! PostgreSQL comes next behind the same trait, so every query here is
-//! portable SQL: numbered `$n` parameters, no `INSERT OR REPLACE`, no
+//! SQLite ([`SqliteStore`], `--store sqlite:PATH`) is the embedded default;
+//! PostgreSQL ([`PgStore`], `--store postgres://…`) runs many replicas on one
+//! store. Both implement the trait from ONE body of SQL (the
+//! `portable_store!` macro), so every query here is portable SQL: numbered `$n` parameters, no `INSERT OR REPLACE`, no
 //! `RETURNING`-only logic, no advisory locks, conditional updates checked by
 //! their row count. Migrations live in `worker/migrations/<backend>/` and run
 //! at open.
@@ -21,8 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Sqlite};
+use sqlx::{Pool, Postgres, Sqlite};
 
 use crate::crypto::WrappedKey;
 
@@ -31,7 +33,9 @@ use crate::crypto::WrappedKey;
 #[non_exhaustive]
 pub enum StoreError {
     /// The `--store` value is not understood.
-    #[error("invalid --store `{0}`: write `sqlite:/var/lib/chokepoint/worker.db`")]
+    #[error(
+        "invalid --store `{0}`: write `sqlite:/var/lib/chokepoint/worker.db` or `postgres://user@host/db`"
+    )]
     BadSpec(String),
     /// A row with this key exists already.
     #[error("{0} already exists")]
@@ -180,8 +184,12 @@ pub trait Store: Send + Sync {
     async fn sweep(&self, now: i64) -> Result<u64, StoreError>;
 }
 
-/// Open the store named by `--store` (`sqlite:PATH`) and migrate it.
+/// Open the store named by `--store` (`sqlite:PATH` or
+/// `postgres://USER@HOST/DB?…`) and migrate it.
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PgStore::open(spec).await?));
+    }
     let Some(path) = spec.strip_prefix("sqlite:") else {
         return Err(StoreError::BadSpec(spec.to_owned()));
     };
@@ -197,18 +205,74 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
 /// The default `--store`.
 pub const DEFAULT_STORE: &str = "sqlite:/var/lib/chokepoint/worker.db";
 
-/// The migrations of the SQLite backend, embedded from the tree.
-fn sqlite_migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
-        false,
-    )];
+/// The migrations of one backend, embedded from the tree.
+fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .zip(1..)
+        .map(|((name, sql), version)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
     let mut m = Migrator::DEFAULT;
     m.migrations = Cow::Owned(migrations);
     m
+}
+
+fn sqlite_migrator() -> Migrator {
+    migrator(&[("init", include_str!("../migrations/sqlite/0001_init.sql"))])
+}
+
+fn postgres_migrator() -> Migrator {
+    let mut m = migrator(&[("init", include_str!("../migrations/postgres/0001_init.sql"))]);
+    // No advisory locks (they break behind a transaction-mode pooler):
+    // replicas starting together may race on a migration; the loser's
+    // transaction fails and `PgStore::open` retries, then sees it applied.
+    m.set_locking(false);
+    m
+}
+
+/// PostgreSQL, for many worker replicas on one store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: Pool<Postgres>,
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://…`; `options[search_path]=S` picks a
+    /// schema) and run the migrations.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        let m = postgres_migrator();
+        let mut last = None;
+        for attempt in 0..3u64 {
+            match m.run(&pool).await {
+                Ok(()) => return Ok(PgStore { pool }),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        match last {
+            Some(e) => Err(e.into()),
+            None => Ok(PgStore { pool }),
+        }
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
 }
 
 /// SQLite, in WAL mode, one file.
@@ -244,45 +308,51 @@ impl SqliteStore {
 const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at";
 const RUN_COLS: &str = "id, org, integrations, ttl_secs, expires_at, revoked_at, created_at";
 
-fn cred_from(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error> {
-    Ok(CredentialRecord {
-        id: row.try_get("id")?,
-        org: row.try_get("org")?,
-        integration: row.try_get("integration")?,
-        header_name: row.try_get("header_name")?,
-        header_template: row.try_get("header_template")?,
-        wrapped_key: WrappedKey {
-            key_id: row.try_get("key_id")?,
-            blob: row.try_get("wrapped_key")?,
-        },
-        token_ct: row.try_get("token_ct")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> {
-    let list: String = row.try_get("integrations")?;
-    let integrations: Vec<String> =
-        serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        org: row.try_get("org")?,
-        integrations,
-        ttl_secs: row.try_get("ttl_secs")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The Store implementation, written once: the same SQL text runs on both
+/// backends (`$ty` is the store type, `$row` its row type).
+macro_rules! portable_store {
+    ($ty:ident, $row:ty) => {
+        impl $ty {
+            fn cred_from(row: &$row) -> Result<CredentialRecord, sqlx::Error> {
+                Ok(CredentialRecord {
+                    id: row.try_get("id")?,
+                    org: row.try_get("org")?,
+                    integration: row.try_get("integration")?,
+                    header_name: row.try_get("header_name")?,
+                    header_template: row.try_get("header_template")?,
+                    wrapped_key: WrappedKey {
+                        key_id: row.try_get("key_id")?,
+                        blob: row.try_get("wrapped_key")?,
+                    },
+                    token_ct: row.try_get("token_ct")?,
+                    version: row.try_get("version")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn run_from(row: &$row) -> Result<RunRecord, sqlx::Error> {
+                let list: String = row.try_get("integrations")?;
+                let integrations: Vec<String> =
+                    serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                Ok(RunRecord {
+                    id: row.try_get("id")?,
+                    org: row.try_get("org")?,
+                    integrations,
+                    ttl_secs: row.try_get("ttl_secs")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+        }
+
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for $ty {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -322,7 +392,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(cred_from).transpose()?)
+        Ok(row.as_ref().map(Self::cred_from).transpose()?)
     }
 
     async fn credential_for(
@@ -337,7 +407,7 @@ impl Store for SqliteStore {
         .bind(integration)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(cred_from).transpose()?)
+        Ok(row.as_ref().map(Self::cred_from).transpose()?)
     }
 
     async fn list_credentials(
@@ -360,7 +430,7 @@ impl Store for SqliteStore {
                     .await?
                 }
             };
-        Ok(rows.iter().map(cred_from).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(Self::cred_from).collect::<Result<_, _>>()?)
     }
 
     async fn delete_credential(&self, org: &str, integration: &str) -> Result<bool, StoreError> {
@@ -448,7 +518,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(run_from).transpose()?)
+        Ok(row.as_ref().map(Self::run_from).transpose()?)
     }
 
     async fn renew_run(
@@ -537,3 +607,8 @@ impl Store for SqliteStore {
         Ok(n)
     }
 }
+    };
+}
+
+portable_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+portable_store!(PgStore, sqlx::postgres::PgRow);
