@@ -21,6 +21,7 @@ pub mod origin;
 pub mod pg;
 pub mod proxy;
 pub mod tls_origin;
+pub mod token_endpoint;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -71,6 +71,55 @@ pub struct CredentialRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// The sealed refresh material (refresh token, client id, client
+    /// secret), if the credential refreshes (OAuth 2.0, RFC 6749 §6).
+    pub refresh_ct: Option<Vec<u8>>,
+    /// The provider's token endpoint.
+    pub token_url: Option<String>,
+    /// When the access token expires (Unix seconds), if known.
+    pub access_expires_at: Option<i64>,
+    /// The lease fence: incremented by every lease taken.
+    pub generation: i64,
+    /// `active` or `needs_reauth`.
+    pub status: String,
+}
+
+/// A credential's status once the provider refused its refresh for good.
+pub const NEEDS_REAUTH: &str = "needs_reauth";
+/// A usable credential's status.
+pub const ACTIVE: &str = "active";
+
+/// Tokens whose fenced commit failed, sealed (see `orphans` in the schema).
+#[derive(Clone)]
+pub struct OrphanRecord {
+    /// Random id (hex).
+    pub id: String,
+    /// The credential.
+    pub credential_id: String,
+    /// The generation of the lease that lost.
+    pub generation: i64,
+    /// The version the blobs are sealed for.
+    pub version: i64,
+    /// The data key they are sealed with.
+    pub wrapped_key: WrappedKey,
+    /// The sealed access token.
+    pub token_ct: Vec<u8>,
+    /// The sealed refresh material.
+    pub refresh_ct: Vec<u8>,
+    /// When the access token expires.
+    pub access_expires_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for OrphanRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrphanRecord")
+            .field("id", &self.id)
+            .field("credential_id", &self.credential_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for CredentialRecord {
@@ -82,6 +131,8 @@ impl std::fmt::Debug for CredentialRecord {
             .field("header_name", &self.header_name)
             .field("key_id", &self.wrapped_key.key_id)
             .field("version", &self.version)
+            .field("generation", &self.generation)
+            .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +208,52 @@ pub trait Store: Send + Sync {
         expected_version: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Take the refresh lease of credential `id` for `owner` until
+    /// `lease_until` if it is free or expired at `now`: one conditional
+    /// update that also increments the generation. The generation taken.
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extend the lease of `generation` to `lease_until`; whether it is
+    /// still ours.
+    async fn renew_lease(
+        &self,
+        id: &str,
+        generation: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Commit refreshed sealed fields (`c.version` = `expected_version` + 1)
+    /// and free the lease, only `WHERE generation = generation`; whether it
+    /// did.
+    async fn commit_refresh(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+        generation: i64,
+    ) -> Result<bool, StoreError>;
+    /// Free the lease of `generation` without a change; whether it was ours.
+    async fn release_lease(&self, id: &str, generation: i64) -> Result<bool, StoreError>;
+    /// Mark the credential `needs_reauth` and free the lease, only while
+    /// `generation` holds it; whether it did.
+    async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        generation: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Keep tokens whose commit failed.
+    async fn insert_orphan(&self, o: &OrphanRecord) -> Result<(), StoreError>;
+    /// The orphans of a credential, newest generation first.
+    async fn orphans(&self, credential_id: &str) -> Result<Vec<OrphanRecord>, StoreError>;
+    /// Delete one orphan (recovered or superseded).
+    async fn delete_orphan(&self, id: &str) -> Result<(), StoreError>;
+    /// How many credentials are `needs_reauth` (the dead-credential gauge).
+    async fn count_needs_reauth(&self) -> Result<i64, StoreError>;
+
     /// Insert a run and its handles (keyed hashes) together.
     async fn insert_run(
         &self,
@@ -226,11 +323,23 @@ fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
 }
 
 fn sqlite_migrator() -> Migrator {
-    migrator(&[("init", include_str!("../migrations/sqlite/0001_init.sql"))])
+    migrator(&[
+        ("init", include_str!("../migrations/sqlite/0001_init.sql")),
+        (
+            "refresh",
+            include_str!("../migrations/sqlite/0002_refresh.sql"),
+        ),
+    ])
 }
 
 fn postgres_migrator() -> Migrator {
-    let mut m = migrator(&[("init", include_str!("../migrations/postgres/0001_init.sql"))]);
+    let mut m = migrator(&[
+        ("init", include_str!("../migrations/postgres/0001_init.sql")),
+        (
+            "refresh",
+            include_str!("../migrations/postgres/0002_refresh.sql"),
+        ),
+    ]);
     // No advisory locks (they break behind a transaction-mode pooler):
     // replicas starting together may race on a migration; the loser's
     // transaction fails and `PgStore::open` retries, then sees it applied.
@@ -305,7 +414,8 @@ impl SqliteStore {
     }
 }
 
-const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at";
+const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at, refresh_ct, token_url, access_expires_at, generation, status";
+const ORPHAN_COLS: &str = "id, credential_id, generation, version, key_id, wrapped_key, token_ct, refresh_ct, access_expires_at, created_at";
 const RUN_COLS: &str = "id, org, integrations, ttl_secs, expires_at, revoked_at, created_at";
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -332,6 +442,28 @@ macro_rules! portable_store {
                     version: row.try_get("version")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
+                    refresh_ct: row.try_get("refresh_ct")?,
+                    token_url: row.try_get("token_url")?,
+                    access_expires_at: row.try_get("access_expires_at")?,
+                    generation: row.try_get("generation")?,
+                    status: row.try_get("status")?,
+                })
+            }
+
+            fn orphan_from(row: &$row) -> Result<OrphanRecord, sqlx::Error> {
+                Ok(OrphanRecord {
+                    id: row.try_get("id")?,
+                    credential_id: row.try_get("credential_id")?,
+                    generation: row.try_get("generation")?,
+                    version: row.try_get("version")?,
+                    wrapped_key: WrappedKey {
+                        key_id: row.try_get("key_id")?,
+                        blob: row.try_get("wrapped_key")?,
+                    },
+                    token_ct: row.try_get("token_ct")?,
+                    refresh_ct: row.try_get("refresh_ct")?,
+                    access_expires_at: row.try_get("access_expires_at")?,
+                    created_at: row.try_get("created_at")?,
                 })
             }
 
@@ -360,7 +492,7 @@ impl Store for $ty {
 
     async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
         let res = sqlx::query(&format!(
-            "INSERT INTO credentials ({CRED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO credentials ({CRED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&c.id)
         .bind(&c.org)
@@ -373,6 +505,11 @@ impl Store for $ty {
         .bind(c.version)
         .bind(c.created_at)
         .bind(c.updated_at)
+        .bind(&c.refresh_ct)
+        .bind(&c.token_url)
+        .bind(c.access_expires_at)
+        .bind(c.generation)
+        .bind(&c.status)
         .execute(&self.pool)
         .await;
         match res {
@@ -460,7 +597,7 @@ impl Store for $ty {
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "UPDATE credentials SET key_id = $1, wrapped_key = $2, token_ct = $3, version = $4, \
-             updated_at = $5 WHERE id = $6 AND version = $7",
+             updated_at = $5, refresh_ct = $8 WHERE id = $6 AND version = $7",
         )
         .bind(&c.wrapped_key.key_id)
         .bind(&c.wrapped_key.blob)
@@ -469,10 +606,168 @@ impl Store for $ty {
         .bind(c.updated_at)
         .bind(&c.id)
         .bind(expected_version)
+        .bind(&c.refresh_ct)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET generation = generation + 1, lease_owner = $1, lease_until = $2 \
+             WHERE id = $3 AND status = 'active' AND (lease_until IS NULL OR lease_until <= $4)",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        // The owner string is unique per attempt: if the row names us, the
+        // generation is the one our update set.
+        let row = sqlx::query(
+            "SELECT generation FROM credentials WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("generation")).transpose()?)
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &str,
+        generation: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET lease_until = $1 \
+             WHERE id = $2 AND generation = $3 AND lease_owner IS NOT NULL",
+        )
+        .bind(lease_until)
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn commit_refresh(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET key_id = $1, wrapped_key = $2, token_ct = $3, version = $4, \
+             updated_at = $5, refresh_ct = $6, access_expires_at = $7, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $8 AND version = $9 AND generation = $10",
+        )
+        .bind(&c.wrapped_key.key_id)
+        .bind(&c.wrapped_key.blob)
+        .bind(&c.token_ct)
+        .bind(c.version)
+        .bind(c.updated_at)
+        .bind(&c.refresh_ct)
+        .bind(c.access_expires_at)
+        .bind(&c.id)
+        .bind(expected_version)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, id: &str, generation: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND generation = $2",
+        )
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        generation: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET status = 'needs_reauth', lease_owner = NULL, \
+             lease_until = NULL, updated_at = $1 WHERE id = $2 AND generation = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_orphan(&self, o: &OrphanRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO orphans ({ORPHAN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&o.id)
+        .bind(&o.credential_id)
+        .bind(o.generation)
+        .bind(o.version)
+        .bind(&o.wrapped_key.key_id)
+        .bind(&o.wrapped_key.blob)
+        .bind(&o.token_ct)
+        .bind(&o.refresh_ct)
+        .bind(o.access_expires_at)
+        .bind(o.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn orphans(&self, credential_id: &str) -> Result<Vec<OrphanRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ORPHAN_COLS} FROM orphans WHERE credential_id = $1 \
+             ORDER BY generation DESC, created_at DESC"
+        ))
+        .bind(credential_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(Self::orphan_from).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_orphan(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM orphans WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn count_needs_reauth(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE status = 'needs_reauth'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     async fn insert_run(
