@@ -430,3 +430,67 @@ both!(
 fn refresh_is_due_at_three_quarters_of_the_lifetime() {
     due_at_three_quarters();
 }
+
+/// The kill points, simulated in-process (a "dead" replica is one that took
+/// the lease, possibly called the provider, and never wrote anything; its
+/// lease is already expired). Returns the families revoked over `n` rounds.
+async fn kill_point_rounds(s: Arc<dyn Store>, window: Duration, answered: bool, n: usize) -> usize {
+    let k = keys();
+    let ep = Arc::new(StrictEndpoint::new(window));
+    let r = Refresher::new(s.clone(), k.clone(), fake(&ep, 0, 0), cfg());
+    let mut c = refreshing_cred(s.as_ref(), &k, &ep).await;
+    for _ in 0..n {
+        let row = s.credential(&c.id).await.unwrap().unwrap();
+        let now = worker::unix_now();
+        // The dead replica: lease taken (expired at once), maybe answered.
+        s.acquire_lease(&row.id, "dead", now, now)
+            .await
+            .unwrap()
+            .unwrap();
+        if answered {
+            let json = credential::open_refresh(&k, &row).unwrap();
+            let m: RefreshMaterial = serde_json::from_str(&json).unwrap();
+            let _lost = ep.refresh(&m.refresh_token);
+        }
+        // The next replica recovers the expired lease and refreshes.
+        match r.refresh(&row.id, row.version).await.unwrap() {
+            Outcome::Refreshed => {
+                let row = s.credential(&c.id).await.unwrap().unwrap();
+                assert!(ep.access_valid(&access(&k, &row)));
+            }
+            Outcome::NeedsReauth => {
+                // Family lost: start a new grant (an operator re-adds it).
+                s.delete_credential("acme", "calendar").await.unwrap();
+                c = refreshing_cred(s.as_ref(), &k, &ep).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ep.revoked_families()
+}
+
+async fn kill_points_families_lost(s: Arc<dyn Store>) {
+    const N: usize = 50;
+    let strict = Duration::ZERO;
+    let window = Duration::from_secs(60);
+    let before_call_strict = kill_point_rounds(s.clone(), strict, false, N).await;
+    s.delete_credential("acme", "calendar").await.unwrap();
+    let after_answer_strict = kill_point_rounds(s.clone(), strict, true, N).await;
+    s.delete_credential("acme", "calendar").await.unwrap();
+    let after_answer_window = kill_point_rounds(s.clone(), window, true, N).await;
+    eprintln!(
+        "families lost over {N} kills: before the call (strict) {before_call_strict}, \
+         after the answer (strict) {after_answer_strict}, after the answer (reuse window > lease) {after_answer_window}"
+    );
+    assert_eq!(before_call_strict, 0);
+    // The analysis: with revoke-on-any-reuse, every kill after the answer
+    // loses the family; no client-side protocol avoids it.
+    assert_eq!(after_answer_strict, N);
+    assert_eq!(after_answer_window, 0);
+}
+
+both!(
+    kill_points_families_lost,
+    sqlite_kill_points_families_lost,
+    postgres_kill_points_families_lost
+);
