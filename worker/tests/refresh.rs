@@ -4,8 +4,9 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
-)] // test code: a panic is a failed test
+    clippy::indexing_slicing,
+    clippy::print_stderr
+)] // test code: a panic is a failed test; figures go to stderr
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
