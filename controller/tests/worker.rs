@@ -1251,3 +1251,103 @@ fn credential_cli_add_list_remove() {
     assert!(handles["calendar"].is_string());
     assert!(handles.get("mail").is_none(), "{handles}");
 }
+
+#[test]
+fn credential_cli_add_with_refresh_token() {
+    if !e2e::require("openssl", have_openssl()) {
+        return;
+    }
+    let env = Env::new();
+    let store = env.store();
+    let policy = env.policy.to_str().unwrap().to_owned();
+    let secret_file = env.dir.join("client.secret");
+    std::fs::write(&secret_file, "client-secret-value-123\n").unwrap();
+    let secret_path = secret_file.to_str().unwrap().to_owned();
+    let add = |integration: &str, extra: &[&str]| {
+        let mut args = vec![
+            "credential",
+            "add",
+            "--store",
+            &store,
+            "--policy",
+            &policy,
+            "--org",
+            "acme",
+            "--integration",
+            integration,
+        ];
+        args.extend_from_slice(extra);
+        env.ctl(&args, "refresh-token-value-456\n")
+    };
+    let fails = |out: &Output, needle: &str| {
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+        assert!(
+            !err.contains("secret-value") && !err.contains("token-value"),
+            "{err}"
+        );
+    };
+    // Missing companions: a usage error naming them.
+    fails(&add("calendar", &["--refresh-token-stdin"]), "--token-url");
+    fails(
+        &add(
+            "calendar",
+            &[
+                "--refresh-token-stdin",
+                "--token-url",
+                "http://provider.example/token",
+                "--client-id",
+                "cid",
+                "--client-secret-file",
+                &secret_path,
+            ],
+        ),
+        "invalid --token-url",
+    );
+    fails(
+        &add(
+            "calendar",
+            &[
+                "--refresh-token-stdin",
+                "--token-url",
+                "https://provider.example/token",
+                "--client-id",
+                "cid",
+                "--client-secret-file",
+                "/nonexistent/secret",
+            ],
+        ),
+        "--client-secret-file",
+    );
+    let out = add(
+        "calendar",
+        &[
+            "--refresh-token-stdin",
+            "--token-url",
+            "https://provider.example/token",
+            "--client-id",
+            "cid",
+            "--client-secret-file",
+            &secret_path,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every secret sealed: neither the refresh token nor the client secret
+    // is in the database files in clear.
+    let needles = ["refresh-token-value-456", "client-secret-value-123"];
+    let wal = PathBuf::from(format!("{}-wal", env.db.display()));
+    assert!(std::fs::metadata(&env.db).is_ok(), "no database written");
+    let mut hits = scan(&env.db, &needles);
+    hits.extend(scan(&wal, &needles));
+    assert!(hits.is_empty(), "{hits:?}");
+}

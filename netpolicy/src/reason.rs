@@ -129,6 +129,9 @@ pub enum Reason {
     InvalidCredential,
     /// A request or response body over the worker's size limit.
     RequestTooLarge,
+    /// The credential's OAuth refresh was refused for good (`invalid_grant`
+    /// or another OAuth error): an operator must authorize it again.
+    NeedsReauth,
 }
 
 impl Reason {
@@ -184,6 +187,7 @@ impl Reason {
         Reason::CredentialHostMismatch,
         Reason::InvalidCredential,
         Reason::RequestTooLarge,
+        Reason::NeedsReauth,
     ];
 
     /// The stable snake_case name.
@@ -239,6 +243,7 @@ impl Reason {
             Reason::CredentialHostMismatch => "credential_host_mismatch",
             Reason::InvalidCredential => "invalid_credential",
             Reason::RequestTooLarge => "request_too_large",
+            Reason::NeedsReauth => "needs_reauth",
         }
     }
 
@@ -362,6 +367,9 @@ impl Reason {
                 "the stored credential cannot be used; ask an operator to add it again"
             }
             Reason::RequestTooLarge => "the body is over the worker's 10 MiB limit",
+            Reason::NeedsReauth => {
+                "the provider refused to refresh this credential; ask an operator to authorize the integration again (egressctl credential add)"
+            }
         }
     }
 }

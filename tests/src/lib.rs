@@ -18,8 +18,10 @@
 
 pub mod dns;
 pub mod origin;
+pub mod pg;
 pub mod proxy;
 pub mod tls_origin;
+pub mod token_endpoint;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

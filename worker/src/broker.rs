@@ -270,6 +270,10 @@ impl Broker {
             .map_err(internal)?
             .filter(|c| c.org == run.org && c.integration == rec.integration)
             .ok_or(Reason::InvalidHandle)?;
+        // The provider refused its refresh for good: say so (docs/refresh.md).
+        if cred.status == crate::store::NEEDS_REAUTH {
+            return Err(Reason::NeedsReauth);
+        }
         let token = open_token(&self.keys, &cred).map_err(|e| {
             tracing::error!(credential = %cred.id, error = %e, "cannot open a credential");
             Reason::InvalidCredential

@@ -41,7 +41,7 @@ pub struct WorkerArgs {
     /// The egress policy (orgs and their integrations).
     #[arg(long)]
     pub policy: PathBuf,
-    /// The credential store.
+    /// The credential store: `sqlite:PATH` or `postgres://USER@HOST/DB` (many replicas).
     #[arg(long, default_value = store::DEFAULT_STORE)]
     pub store: String,
     /// Where the API listens: `unix:PATH` (mode 0600) or `IP:PORT`.

@@ -13,6 +13,9 @@ use crate::store::CredentialRecord;
 /// The sealed field holding the access token.
 pub const TOKEN_FIELD: &str = "token";
 
+/// The sealed field holding the refresh material (JSON).
+pub const REFRESH_FIELD: &str = "refresh";
+
 /// The default header template.
 pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";
 
@@ -121,6 +124,11 @@ pub fn seal_new(
         version,
         created_at: now,
         updated_at: now,
+        refresh_ct: None,
+        token_url: None,
+        access_expires_at: None,
+        generation: 0,
+        status: crate::store::ACTIVE.to_owned(),
     })
 }
 
@@ -135,6 +143,23 @@ pub fn open_token(keys: &Keyring, c: &CredentialRecord) -> Result<SecretString, 
     let plain = dk.open(&at, TOKEN_FIELD, &c.token_ct)?;
     let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Decrypt)?;
     Ok(SecretString::from(text.to_owned()))
+}
+
+/// Open a row's refresh material (JSON, zeroed on drop).
+pub fn open_refresh(
+    keys: &Keyring,
+    c: &CredentialRecord,
+) -> Result<Zeroizing<String>, CryptoError> {
+    let at = Binding {
+        org: &c.org,
+        credential_id: &c.id,
+        version: c.version,
+    };
+    let dk = keys.unwrap_data_key(&at, &c.wrapped_key)?;
+    let ct = c.refresh_ct.as_deref().ok_or(CryptoError::Decrypt)?;
+    let plain = dk.open(&at, REFRESH_FIELD, ct)?;
+    let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Decrypt)?;
+    Ok(Zeroizing::new(text.to_owned()))
 }
 
 /// The row re-sealed under the active master key with a fresh data key, at
@@ -153,9 +178,17 @@ pub fn rewrap(
     };
     let (dk, wrapped_key) = keys.new_data_key(&at)?;
     let token_ct = dk.seal(&at, TOKEN_FIELD, token.expose_secret().as_bytes())?;
+    let refresh_ct = match &c.refresh_ct {
+        Some(_) => {
+            let r = open_refresh(keys, c)?;
+            Some(dk.seal(&at, REFRESH_FIELD, r.as_bytes())?)
+        }
+        None => None,
+    };
     Ok(CredentialRecord {
         wrapped_key,
         token_ct,
+        refresh_ct,
         version,
         updated_at: now,
         ..c.clone()

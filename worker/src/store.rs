@@ -1,8 +1,9 @@
 //! The credential store: one [`Store`] trait, backends behind it.
 //!
-//! SQLite ([`SqliteStore`], `--store sqlite:PATH`) is the embedded default.
-//! PostgreSQL comes next behind the same trait, so every query here is
-//! portable SQL: numbered `$n` parameters, no `INSERT OR REPLACE`, no
+//! SQLite ([`SqliteStore`], `--store sqlite:PATH`) is the embedded default;
+//! PostgreSQL ([`PgStore`], `--store postgres://…`) runs many replicas on one
+//! store. Both implement the trait from ONE body of SQL (the
+//! `portable_store!` macro), so every query here is portable SQL: numbered `$n` parameters, no `INSERT OR REPLACE`, no
 //! `RETURNING`-only logic, no advisory locks, conditional updates checked by
 //! their row count. Migrations live in `worker/migrations/<backend>/` and run
 //! at open.
@@ -21,8 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Sqlite};
+use sqlx::{Pool, Postgres, Sqlite};
 
 use crate::crypto::WrappedKey;
 
@@ -31,7 +33,9 @@ use crate::crypto::WrappedKey;
 #[non_exhaustive]
 pub enum StoreError {
     /// The `--store` value is not understood.
-    #[error("invalid --store `{0}`: write `sqlite:/var/lib/chokepoint/worker.db`")]
+    #[error(
+        "invalid --store `{0}`: write `sqlite:/var/lib/chokepoint/worker.db` or `postgres://user@host/db`"
+    )]
     BadSpec(String),
     /// A row with this key exists already.
     #[error("{0} already exists")]
@@ -67,6 +71,55 @@ pub struct CredentialRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// The sealed refresh material (refresh token, client id, client
+    /// secret), if the credential refreshes (OAuth 2.0, RFC 6749 §6).
+    pub refresh_ct: Option<Vec<u8>>,
+    /// The provider's token endpoint.
+    pub token_url: Option<String>,
+    /// When the access token expires (Unix seconds), if known.
+    pub access_expires_at: Option<i64>,
+    /// The lease fence: incremented by every lease taken.
+    pub generation: i64,
+    /// `active` or `needs_reauth`.
+    pub status: String,
+}
+
+/// A credential's status once the provider refused its refresh for good.
+pub const NEEDS_REAUTH: &str = "needs_reauth";
+/// A usable credential's status.
+pub const ACTIVE: &str = "active";
+
+/// Tokens whose fenced commit failed, sealed (see `orphans` in the schema).
+#[derive(Clone)]
+pub struct OrphanRecord {
+    /// Random id (hex).
+    pub id: String,
+    /// The credential.
+    pub credential_id: String,
+    /// The generation of the lease that lost.
+    pub generation: i64,
+    /// The version the blobs are sealed for.
+    pub version: i64,
+    /// The data key they are sealed with.
+    pub wrapped_key: WrappedKey,
+    /// The sealed access token.
+    pub token_ct: Vec<u8>,
+    /// The sealed refresh material.
+    pub refresh_ct: Vec<u8>,
+    /// When the access token expires.
+    pub access_expires_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for OrphanRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrphanRecord")
+            .field("id", &self.id)
+            .field("credential_id", &self.credential_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for CredentialRecord {
@@ -78,6 +131,8 @@ impl std::fmt::Debug for CredentialRecord {
             .field("header_name", &self.header_name)
             .field("key_id", &self.wrapped_key.key_id)
             .field("version", &self.version)
+            .field("generation", &self.generation)
+            .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +208,52 @@ pub trait Store: Send + Sync {
         expected_version: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Take the refresh lease of credential `id` for `owner` until
+    /// `lease_until` if it is free or expired at `now`: one conditional
+    /// update that also increments the generation. The generation taken.
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extend the lease of `generation` to `lease_until`; whether it is
+    /// still ours.
+    async fn renew_lease(
+        &self,
+        id: &str,
+        generation: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Commit refreshed sealed fields (`c.version` = `expected_version` + 1)
+    /// and free the lease, only `WHERE generation = generation`; whether it
+    /// did.
+    async fn commit_refresh(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+        generation: i64,
+    ) -> Result<bool, StoreError>;
+    /// Free the lease of `generation` without a change; whether it was ours.
+    async fn release_lease(&self, id: &str, generation: i64) -> Result<bool, StoreError>;
+    /// Mark the credential `needs_reauth` and free the lease, only while
+    /// `generation` holds it; whether it did.
+    async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        generation: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Keep tokens whose commit failed.
+    async fn insert_orphan(&self, o: &OrphanRecord) -> Result<(), StoreError>;
+    /// The orphans of a credential, newest generation first.
+    async fn orphans(&self, credential_id: &str) -> Result<Vec<OrphanRecord>, StoreError>;
+    /// Delete one orphan (recovered or superseded).
+    async fn delete_orphan(&self, id: &str) -> Result<(), StoreError>;
+    /// How many credentials are `needs_reauth` (the dead-credential gauge).
+    async fn count_needs_reauth(&self) -> Result<i64, StoreError>;
+
     /// Insert a run and its handles (keyed hashes) together.
     async fn insert_run(
         &self,
@@ -180,8 +281,12 @@ pub trait Store: Send + Sync {
     async fn sweep(&self, now: i64) -> Result<u64, StoreError>;
 }
 
-/// Open the store named by `--store` (`sqlite:PATH`) and migrate it.
+/// Open the store named by `--store` (`sqlite:PATH` or
+/// `postgres://USER@HOST/DB?…`) and migrate it.
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PgStore::open(spec).await?));
+    }
     let Some(path) = spec.strip_prefix("sqlite:") else {
         return Err(StoreError::BadSpec(spec.to_owned()));
     };
@@ -197,18 +302,86 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
 /// The default `--store`.
 pub const DEFAULT_STORE: &str = "sqlite:/var/lib/chokepoint/worker.db";
 
-/// The migrations of the SQLite backend, embedded from the tree.
-fn sqlite_migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
-        false,
-    )];
+/// The migrations of one backend, embedded from the tree.
+fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .zip(1..)
+        .map(|((name, sql), version)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
     let mut m = Migrator::DEFAULT;
     m.migrations = Cow::Owned(migrations);
     m
+}
+
+fn sqlite_migrator() -> Migrator {
+    migrator(&[
+        ("init", include_str!("../migrations/sqlite/0001_init.sql")),
+        (
+            "refresh",
+            include_str!("../migrations/sqlite/0002_refresh.sql"),
+        ),
+    ])
+}
+
+fn postgres_migrator() -> Migrator {
+    let mut m = migrator(&[
+        ("init", include_str!("../migrations/postgres/0001_init.sql")),
+        (
+            "refresh",
+            include_str!("../migrations/postgres/0002_refresh.sql"),
+        ),
+    ]);
+    // No advisory locks (they break behind a transaction-mode pooler):
+    // replicas starting together may race on a migration; the loser's
+    // transaction fails and `PgStore::open` retries, then sees it applied.
+    m.set_locking(false);
+    m
+}
+
+/// PostgreSQL, for many worker replicas on one store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: Pool<Postgres>,
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://…`; `options[search_path]=S` picks a
+    /// schema) and run the migrations.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        let m = postgres_migrator();
+        let mut last = None;
+        for attempt in 0..3u64 {
+            match m.run(&pool).await {
+                Ok(()) => return Ok(PgStore { pool }),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        match last {
+            Some(e) => Err(e.into()),
+            None => Ok(PgStore { pool }),
+        }
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
 }
 
 /// SQLite, in WAL mode, one file.
@@ -241,48 +414,77 @@ impl SqliteStore {
     }
 }
 
-const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at";
+const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at, refresh_ct, token_url, access_expires_at, generation, status";
+const ORPHAN_COLS: &str = "id, credential_id, generation, version, key_id, wrapped_key, token_ct, refresh_ct, access_expires_at, created_at";
 const RUN_COLS: &str = "id, org, integrations, ttl_secs, expires_at, revoked_at, created_at";
-
-fn cred_from(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error> {
-    Ok(CredentialRecord {
-        id: row.try_get("id")?,
-        org: row.try_get("org")?,
-        integration: row.try_get("integration")?,
-        header_name: row.try_get("header_name")?,
-        header_template: row.try_get("header_template")?,
-        wrapped_key: WrappedKey {
-            key_id: row.try_get("key_id")?,
-            blob: row.try_get("wrapped_key")?,
-        },
-        token_ct: row.try_get("token_ct")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> {
-    let list: String = row.try_get("integrations")?;
-    let integrations: Vec<String> =
-        serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        org: row.try_get("org")?,
-        integrations,
-        ttl_secs: row.try_get("ttl_secs")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The Store implementation, written once: the same SQL text runs on both
+/// backends (`$ty` is the store type, `$row` its row type).
+macro_rules! portable_store {
+    ($ty:ident, $row:ty) => {
+        impl $ty {
+            fn cred_from(row: &$row) -> Result<CredentialRecord, sqlx::Error> {
+                Ok(CredentialRecord {
+                    id: row.try_get("id")?,
+                    org: row.try_get("org")?,
+                    integration: row.try_get("integration")?,
+                    header_name: row.try_get("header_name")?,
+                    header_template: row.try_get("header_template")?,
+                    wrapped_key: WrappedKey {
+                        key_id: row.try_get("key_id")?,
+                        blob: row.try_get("wrapped_key")?,
+                    },
+                    token_ct: row.try_get("token_ct")?,
+                    version: row.try_get("version")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    refresh_ct: row.try_get("refresh_ct")?,
+                    token_url: row.try_get("token_url")?,
+                    access_expires_at: row.try_get("access_expires_at")?,
+                    generation: row.try_get("generation")?,
+                    status: row.try_get("status")?,
+                })
+            }
+
+            fn orphan_from(row: &$row) -> Result<OrphanRecord, sqlx::Error> {
+                Ok(OrphanRecord {
+                    id: row.try_get("id")?,
+                    credential_id: row.try_get("credential_id")?,
+                    generation: row.try_get("generation")?,
+                    version: row.try_get("version")?,
+                    wrapped_key: WrappedKey {
+                        key_id: row.try_get("key_id")?,
+                        blob: row.try_get("wrapped_key")?,
+                    },
+                    token_ct: row.try_get("token_ct")?,
+                    refresh_ct: row.try_get("refresh_ct")?,
+                    access_expires_at: row.try_get("access_expires_at")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            fn run_from(row: &$row) -> Result<RunRecord, sqlx::Error> {
+                let list: String = row.try_get("integrations")?;
+                let integrations: Vec<String> =
+                    serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                Ok(RunRecord {
+                    id: row.try_get("id")?,
+                    org: row.try_get("org")?,
+                    integrations,
+                    ttl_secs: row.try_get("ttl_secs")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+        }
+
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for $ty {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -290,7 +492,7 @@ impl Store for SqliteStore {
 
     async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
         let res = sqlx::query(&format!(
-            "INSERT INTO credentials ({CRED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO credentials ({CRED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&c.id)
         .bind(&c.org)
@@ -303,6 +505,11 @@ impl Store for SqliteStore {
         .bind(c.version)
         .bind(c.created_at)
         .bind(c.updated_at)
+        .bind(&c.refresh_ct)
+        .bind(&c.token_url)
+        .bind(c.access_expires_at)
+        .bind(c.generation)
+        .bind(&c.status)
         .execute(&self.pool)
         .await;
         match res {
@@ -322,7 +529,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(cred_from).transpose()?)
+        Ok(row.as_ref().map(Self::cred_from).transpose()?)
     }
 
     async fn credential_for(
@@ -337,7 +544,7 @@ impl Store for SqliteStore {
         .bind(integration)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(cred_from).transpose()?)
+        Ok(row.as_ref().map(Self::cred_from).transpose()?)
     }
 
     async fn list_credentials(
@@ -360,7 +567,7 @@ impl Store for SqliteStore {
                     .await?
                 }
             };
-        Ok(rows.iter().map(cred_from).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(Self::cred_from).collect::<Result<_, _>>()?)
     }
 
     async fn delete_credential(&self, org: &str, integration: &str) -> Result<bool, StoreError> {
@@ -390,7 +597,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "UPDATE credentials SET key_id = $1, wrapped_key = $2, token_ct = $3, version = $4, \
-             updated_at = $5 WHERE id = $6 AND version = $7",
+             updated_at = $5, refresh_ct = $8 WHERE id = $6 AND version = $7",
         )
         .bind(&c.wrapped_key.key_id)
         .bind(&c.wrapped_key.blob)
@@ -399,10 +606,168 @@ impl Store for SqliteStore {
         .bind(c.updated_at)
         .bind(&c.id)
         .bind(expected_version)
+        .bind(&c.refresh_ct)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET generation = generation + 1, lease_owner = $1, lease_until = $2 \
+             WHERE id = $3 AND status = 'active' AND (lease_until IS NULL OR lease_until <= $4)",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        // The owner string is unique per attempt: if the row names us, the
+        // generation is the one our update set.
+        let row = sqlx::query(
+            "SELECT generation FROM credentials WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("generation")).transpose()?)
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &str,
+        generation: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET lease_until = $1 \
+             WHERE id = $2 AND generation = $3 AND lease_owner IS NOT NULL",
+        )
+        .bind(lease_until)
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn commit_refresh(
+        &self,
+        c: &CredentialRecord,
+        expected_version: i64,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET key_id = $1, wrapped_key = $2, token_ct = $3, version = $4, \
+             updated_at = $5, refresh_ct = $6, access_expires_at = $7, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $8 AND version = $9 AND generation = $10",
+        )
+        .bind(&c.wrapped_key.key_id)
+        .bind(&c.wrapped_key.blob)
+        .bind(&c.token_ct)
+        .bind(c.version)
+        .bind(c.updated_at)
+        .bind(&c.refresh_ct)
+        .bind(c.access_expires_at)
+        .bind(&c.id)
+        .bind(expected_version)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, id: &str, generation: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND generation = $2",
+        )
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        generation: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE credentials SET status = 'needs_reauth', lease_owner = NULL, \
+             lease_until = NULL, updated_at = $1 WHERE id = $2 AND generation = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_orphan(&self, o: &OrphanRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO orphans ({ORPHAN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&o.id)
+        .bind(&o.credential_id)
+        .bind(o.generation)
+        .bind(o.version)
+        .bind(&o.wrapped_key.key_id)
+        .bind(&o.wrapped_key.blob)
+        .bind(&o.token_ct)
+        .bind(&o.refresh_ct)
+        .bind(o.access_expires_at)
+        .bind(o.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn orphans(&self, credential_id: &str) -> Result<Vec<OrphanRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ORPHAN_COLS} FROM orphans WHERE credential_id = $1 \
+             ORDER BY generation DESC, created_at DESC"
+        ))
+        .bind(credential_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(Self::orphan_from).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_orphan(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM orphans WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn count_needs_reauth(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE status = 'needs_reauth'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     async fn insert_run(
@@ -448,7 +813,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(run_from).transpose()?)
+        Ok(row.as_ref().map(Self::run_from).transpose()?)
     }
 
     async fn renew_run(
@@ -537,3 +902,8 @@ impl Store for SqliteStore {
         Ok(n)
     }
 }
+    };
+}
+
+portable_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+portable_store!(PgStore, sqlx::postgres::PgRow);

@@ -73,6 +73,54 @@ pub struct AddArgs {
     /// The header to inject, with `{token}` where the token goes.
     #[arg(long, default_value = credential::DEFAULT_HEADER)]
     pub header: String,
+    /// Stdin holds an OAuth 2.0 refresh token (not an access token): the
+    /// worker gets access tokens from `--token-url` (docs/refresh.md).
+    #[arg(long, requires_all = ["token_url", "client_id", "client_secret_file"])]
+    pub refresh_token_stdin: bool,
+    /// The provider's token endpoint (https://, or http:// on loopback).
+    #[arg(long, requires = "refresh_token_stdin")]
+    pub token_url: Option<String>,
+    /// The OAuth client id.
+    #[arg(long, requires = "refresh_token_stdin")]
+    pub client_id: Option<String>,
+    /// A file holding the OAuth client secret (one line).
+    #[arg(long, requires = "refresh_token_stdin")]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// Check a `--token-url`: https, or http to a loopback address.
+fn check_token_url(u: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "invalid --token-url `{u}`: write https://HOST/PATH (http:// only to 127.0.0.1 or [::1])"
+        )
+    };
+    let url = url::Url::parse(u).map_err(|_| bad())?;
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => Ok(()),
+        ("http", Some(url::Host::Ipv4(a))) if a.is_loopback() => Ok(()),
+        ("http", Some(url::Host::Ipv6(a))) if a.is_loopback() => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Read the client secret file: one non-empty line, no control bytes.
+fn read_client_secret(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
+    let raw = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --client-secret-file {}: {e}", path.display()))?,
+    );
+    let secret = raw
+        .strip_suffix("\r\n")
+        .or_else(|| raw.strip_suffix('\n'))
+        .unwrap_or(&raw);
+    credential::check_token(secret).map_err(|_| {
+        format!(
+            "--client-secret-file {}: the secret must be one non-empty line of printable ASCII",
+            path.display()
+        )
+    })?;
+    Ok(Zeroizing::new(secret.to_owned()))
 }
 
 /// `credential list`.
@@ -199,16 +247,53 @@ async fn add(a: &AddArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let row = match credential::seal_new(
-        &keys,
-        &a.org,
-        &a.integration,
-        &template,
-        &token,
-        worker::unix_now(),
-    ) {
+    let refresh = if a.refresh_token_stdin {
+        let (Some(url), Some(client_id), Some(secret_file)) =
+            (&a.token_url, &a.client_id, &a.client_secret_file)
+        else {
+            return fail_usage(
+                "--refresh-token-stdin needs --token-url, --client-id and --client-secret-file",
+            );
+        };
+        if let Err(e) = check_token_url(url) {
+            return fail_usage(&e);
+        }
+        if client_id.is_empty() || credential::check_token(client_id).is_err() {
+            return fail_usage("--client-id must be non-empty printable ASCII");
+        }
+        let secret = match read_client_secret(secret_file) {
+            Ok(s) => s,
+            Err(e) => return fail_usage(&e),
+        };
+        Some((url.clone(), client_id.clone(), secret))
+    } else {
+        None
+    };
+    let now = worker::unix_now();
+    // With a refresh token, there is no access token yet: an empty one
+    // (refused at injection) that is due for refresh at once.
+    let access = if refresh.is_some() {
+        SecretString::from(String::new())
+    } else {
+        token.clone()
+    };
+    let row = match credential::seal_new(&keys, &a.org, &a.integration, &template, &access, now) {
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
+    };
+    let row = match refresh {
+        Some((url, client_id, secret)) => {
+            let m = worker::refresh::RefreshMaterial {
+                refresh_token: secrecy::ExposeSecret::expose_secret(&token).to_owned(),
+                client_id,
+                client_secret: secret.as_str().to_owned(),
+            };
+            match worker::refresh::with_refresh(&keys, &row, &m, &url, Some(now)) {
+                Ok(r) => r,
+                Err(e) => return fail(&e.to_string()),
+            }
+        }
+        None => row,
     };
     match store.insert_credential(&row).await {
         Ok(()) => {
