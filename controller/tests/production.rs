@@ -12,7 +12,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::type_complexity
 )] // test code: a panic is a failed test
 
 use std::io::{Read, Write};
