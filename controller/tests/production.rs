@@ -311,12 +311,42 @@ fn worker_production_starts_and_turns_red_without_the_proxy() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["mode"], "production");
+    let create = format!(
+        "POST /v1/runs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {GOOD_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{{\"org\": \"acme\"}}\r\n"
+    );
+    let resp = e2e::send_raw(at, create.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert_ne!(resp.status, 503, "{}", resp.text());
     proxy.stop();
     let resp = get(at, "/readyz").expect("readyz answers");
     assert_eq!(resp.status, 503, "{}", resp.text());
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["status"], "proxy unavailable");
     assert_eq!(v["mode"], "production");
+    // Work is refused (fail closed), with the reason, and counted, within
+    // a few dependency checks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let resp = e2e::send_raw(at, create.as_bytes(), Duration::from_secs(5)).unwrap();
+        if resp.status == 503 || Instant::now() > deadline {
+            break resp;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let v: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(v["reason"], "dependency_unavailable", "{v}");
+    let metrics = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {GOOD_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let m = e2e::send_raw(at, metrics.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert_eq!(m.status, 200);
+    assert!(
+        m.text()
+            .lines()
+            .any(|l| l.contains("reason=\"dependency_unavailable\"") && !l.ends_with(" 0")),
+        "{}",
+        m.text()
+    );
 }
 
 /// Development with the gaps that still let a worker work starts with the

@@ -129,6 +129,12 @@ pub enum Reason {
     InvalidCredential,
     /// A request or response body over the worker's size limit.
     RequestTooLarge,
+
+    // ----- deny: the production switch (docs/production.md) -----
+    /// A component this request needs (the credential store, the egress
+    /// proxy, the worker) stopped answering after start: refused, never
+    /// degraded.
+    DependencyUnavailable,
 }
 
 impl Reason {
@@ -184,6 +190,7 @@ impl Reason {
         Reason::CredentialHostMismatch,
         Reason::InvalidCredential,
         Reason::RequestTooLarge,
+        Reason::DependencyUnavailable,
     ];
 
     /// The stable snake_case name.
@@ -239,6 +246,7 @@ impl Reason {
             Reason::CredentialHostMismatch => "credential_host_mismatch",
             Reason::InvalidCredential => "invalid_credential",
             Reason::RequestTooLarge => "request_too_large",
+            Reason::DependencyUnavailable => "dependency_unavailable",
         }
     }
 
@@ -362,6 +370,9 @@ impl Reason {
                 "the stored credential cannot be used; ask an operator to add it again"
             }
             Reason::RequestTooLarge => "the body is over the worker's 10 MiB limit",
+            Reason::DependencyUnavailable => {
+                "a component this request needs (credential store, egress proxy or worker) is unavailable; the request is refused until /readyz is green again"
+            }
         }
     }
 }

@@ -55,7 +55,14 @@ pub struct App {
     pub mode: mode::Mode,
     /// The egress proxy's admin address, probed by `/readyz`.
     pub proxy_admin: Option<String>,
+    /// Whether every dependency answered at the last check (every
+    /// [`DEPENDENCY_CHECK_EVERY`]): while false, every call but the health
+    /// endpoints is refused with `dependency_unavailable` (fail closed).
+    pub dependencies_ok: std::sync::atomic::AtomicBool,
 }
+
+/// How often the worker re-checks its store and the proxy.
+pub const DEPENDENCY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The HTTP status of a refusal.
 pub fn status_of(reason: Reason) -> StatusCode {
@@ -64,6 +71,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
         Reason::UnknownRun => StatusCode::NOT_FOUND,
         Reason::MalformedRequest | Reason::InvalidTarget => StatusCode::BAD_REQUEST,
         Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Reason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -227,6 +235,14 @@ impl App {
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             return Ok(r);
+        }
+        if !self
+            .dependencies_ok
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.metrics
+                .request(Reason::DependencyUnavailable, Method::Other);
+            return Ok(refuse(Reason::DependencyUnavailable, None));
         }
         let segments: Vec<&str> = path.split('/').collect();
         let resp = match (&method, segments.as_slice()) {

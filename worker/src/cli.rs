@@ -260,7 +260,20 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
         token_digest,
         mode,
         proxy_admin: args.proxy_admin.clone(),
+        dependencies_ok: std::sync::atomic::AtomicBool::new(true),
     });
+    let watcher = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::api::DEPENDENCY_CHECK_EVERY);
+            loop {
+                tick.tick().await;
+                let ok = app.missing_dependency().await.is_none();
+                app.dependencies_ok
+                    .store(ok, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -302,6 +315,7 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
         },
     };
     sweeper.abort();
+    watcher.abort();
     code
 }
 
