@@ -73,6 +73,37 @@ pub struct AppState {
     /// The worker's address (`--worker`): `/readyz` is red while it does
     /// not answer ready.
     pub worker: Option<String>,
+    /// Whether every dependency answered at the last check (every
+    /// [`DEPENDENCY_CHECK_EVERY`]); while false every `/v1/` call is
+    /// refused with `dependency_unavailable`.
+    pub dependencies_ok: std::sync::atomic::AtomicBool,
+    /// Calls refused with `dependency_unavailable` since start (the
+    /// metric `chokepoint_api_requests_refused_total{reason="dependency_unavailable"}`
+    /// when the API exports metrics).
+    pub dependency_refusals: std::sync::atomic::AtomicU64,
+}
+
+/// How often the API re-checks its store and the worker.
+pub const DEPENDENCY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Refuse every `/v1/` call while a dependency is down (fail closed,
+/// counted); health endpoints stay open.
+async fn require_dependencies(
+    State(state): State<SharedState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    if req.uri().path().starts_with("/v1/")
+        && !state
+            .dependencies_ok
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        state
+            .dependency_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::DependencyUnavailable);
+    }
+    Ok(next.run(req).await)
 }
 
 impl std::fmt::Debug for AppState {
@@ -128,6 +159,10 @@ pub enum ApiError {
     /// The store failed (503): fail closed.
     #[error("store unavailable")]
     Store,
+    /// A dependency (the store, the worker) stopped answering after start
+    /// (503, `dependency_unavailable`, as `netpolicy::Reason`): fail closed.
+    #[error("dependency unavailable")]
+    DependencyUnavailable,
 }
 
 impl ApiError {
@@ -152,6 +187,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the store is unavailable".into(),
+            ),
+            ApiError::DependencyUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                netpolicy::Reason::DependencyUnavailable.as_str(),
+                netpolicy::Reason::DependencyUnavailable.explain().into(),
             ),
         }
     }
@@ -327,6 +367,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/queue/{id}/ack", post(ack))
         .route("/v1/revocations", post(revoke))
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_dependencies,
+        ))
         .layer(axum::middleware::from_fn(refuse_query))
         .layer(DefaultBodyLimit::max(MAX_BODY + 4096))
         .layer(axum::middleware::map_response(security_headers))

@@ -197,11 +197,34 @@ async fn production_starts_and_turns_red_without_the_worker() {
     let r = api.request("GET", "/readyz", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["mode"], "production");
+    let before = api
+        .user(
+            "POST",
+            "/v1/conversations",
+            &keys.token("org-a", "alice", 600),
+            Some("{}"),
+        )
+        .await;
+    assert_ne!(before.status, 503, "{}", before.body);
     worker.stop();
     let r = api.request("GET", "/readyz", &[], None).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["status"], "worker unavailable");
     assert_eq!(r.json()["mode"], "production");
+    // Work is refused with the reason within a few dependency checks.
+    let user = keys.token("org-a", "alice", 600);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = api
+            .user("POST", "/v1/conversations", &user, Some("{}"))
+            .await;
+        if r.status == 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "dependency_unavailable");
 }
 
 /// Development with the same gaps (that still let it run) starts with the
