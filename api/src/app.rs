@@ -68,6 +68,42 @@ pub struct AppState {
     pub socket_slots: Arc<Semaphore>,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Development or production (`/readyz` reports it).
+    pub mode: mode::Mode,
+    /// The worker's address (`--worker`): `/readyz` is red while it does
+    /// not answer ready.
+    pub worker: Option<String>,
+    /// Whether every dependency answered at the last check (every
+    /// [`DEPENDENCY_CHECK_EVERY`]); while false every `/v1/` call is
+    /// refused with `dependency_unavailable`.
+    pub dependencies_ok: std::sync::atomic::AtomicBool,
+    /// Calls refused with `dependency_unavailable` since start (the
+    /// metric `chokepoint_api_requests_refused_total{reason="dependency_unavailable"}`
+    /// when the API exports metrics).
+    pub dependency_refusals: std::sync::atomic::AtomicU64,
+}
+
+/// How often the API re-checks its store and the worker.
+pub const DEPENDENCY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Refuse every `/v1/` call while a dependency is down (fail closed,
+/// counted); health endpoints stay open.
+async fn require_dependencies(
+    State(state): State<SharedState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    if req.uri().path().starts_with("/v1/")
+        && !state
+            .dependencies_ok
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        state
+            .dependency_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::DependencyUnavailable);
+    }
+    Ok(next.run(req).await)
 }
 
 impl std::fmt::Debug for AppState {
@@ -123,6 +159,10 @@ pub enum ApiError {
     /// The store failed (503): fail closed.
     #[error("store unavailable")]
     Store,
+    /// A dependency (the store, the worker) stopped answering after start
+    /// (503, `dependency_unavailable`, as `netpolicy::Reason`): fail closed.
+    #[error("dependency unavailable")]
+    DependencyUnavailable,
 }
 
 impl ApiError {
@@ -147,6 +187,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the store is unavailable".into(),
+            ),
+            ApiError::DependencyUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                netpolicy::Reason::DependencyUnavailable.as_str(),
+                netpolicy::Reason::DependencyUnavailable.explain().into(),
             ),
         }
     }
@@ -322,6 +367,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/queue/{id}/ack", post(ack))
         .route("/v1/revocations", post(revoke))
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_dependencies,
+        ))
         .layer(axum::middleware::from_fn(refuse_query))
         .layer(DefaultBodyLimit::max(MAX_BODY + 4096))
         .layer(axum::middleware::map_response(security_headers))
@@ -332,9 +381,40 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<SharedState>) -> Result<&'static str, ApiError> {
-    state.store.ping().await?;
-    Ok("ready\n")
+async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let missing = missing_dependency(&state).await;
+    let code = if missing.is_none() {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({"status": missing.unwrap_or("ready"), "mode": state.mode.as_str()});
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+/// `None` when the store answers and the worker (when `--worker` is set)
+/// answers ready; otherwise what is missing.
+pub async fn missing_dependency(state: &AppState) -> Option<&'static str> {
+    if state.store.ping().await.is_err() {
+        return Some("store unavailable");
+    }
+    if let Some(target) = state.worker.clone() {
+        let probed = tokio::task::spawn_blocking(move || {
+            mode::probe_readyz(&target, crate::production::PROBE_TIMEOUT)
+        })
+        .await;
+        if !matches!(probed, Ok(Ok(()))) {
+            return Some("worker unavailable");
+        }
+    }
+    None
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {

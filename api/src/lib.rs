@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod frames;
 pub mod hub;
+pub mod production;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
@@ -51,7 +52,24 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         limiter: ratelimit::RateLimiter::new(config.rate.0, config.rate.1),
         socket_slots: Arc::new(Semaphore::new(config.max_connections)),
         stop: stop_rx.clone(),
+        mode: config.mode,
+        worker: config.worker,
+        dependencies_ok: std::sync::atomic::AtomicBool::new(true),
+        dependency_refusals: std::sync::atomic::AtomicU64::new(0),
     });
+    let watcher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(app::DEPENDENCY_CHECK_EVERY);
+            loop {
+                tick.tick().await;
+                let ok = app::missing_dependency(&state).await.is_none();
+                state
+                    .dependencies_ok
+                    .store(ok, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = config.tls.is_some(),
@@ -70,6 +88,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    watcher.abort();
     // Give open sockets a moment to send their 1001.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while !state.sessions.is_empty() && tokio::time::Instant::now() < deadline {

@@ -132,6 +132,12 @@ pub enum Reason {
     /// The credential's OAuth refresh was refused for good (`invalid_grant`
     /// or another OAuth error): an operator must authorize it again.
     NeedsReauth,
+
+    // ----- deny: the production switch (docs/production.md) -----
+    /// A component this request needs (the credential store, the egress
+    /// proxy, the worker) stopped answering after start: refused, never
+    /// degraded.
+    DependencyUnavailable,
 }
 
 impl Reason {
@@ -188,6 +194,7 @@ impl Reason {
         Reason::InvalidCredential,
         Reason::RequestTooLarge,
         Reason::NeedsReauth,
+        Reason::DependencyUnavailable,
     ];
 
     /// The stable snake_case name.
@@ -244,6 +251,7 @@ impl Reason {
             Reason::InvalidCredential => "invalid_credential",
             Reason::RequestTooLarge => "request_too_large",
             Reason::NeedsReauth => "needs_reauth",
+            Reason::DependencyUnavailable => "dependency_unavailable",
         }
     }
 
@@ -369,6 +377,9 @@ impl Reason {
             Reason::RequestTooLarge => "the body is over the worker's 10 MiB limit",
             Reason::NeedsReauth => {
                 "the provider refused to refresh this credential; ask an operator to authorize the integration again (egressctl credential add)"
+            }
+            Reason::DependencyUnavailable => {
+                "a component this request needs (credential store, egress proxy or worker) is unavailable; the request is refused until /readyz is green again"
             }
         }
     }

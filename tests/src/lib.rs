@@ -20,6 +20,7 @@ pub mod dns;
 pub mod origin;
 pub mod pg;
 pub mod proxy;
+pub mod startup;
 pub mod tls_origin;
 pub mod token_endpoint;
 

@@ -51,7 +51,18 @@ pub struct App {
     pub audit: AuditLog,
     /// SHA-256 of the service token.
     pub token_digest: [u8; 32],
+    /// Development or production (`/readyz` reports it).
+    pub mode: mode::Mode,
+    /// The egress proxy's admin address, probed by `/readyz`.
+    pub proxy_admin: Option<String>,
+    /// Whether every dependency answered at the last check (every
+    /// [`DEPENDENCY_CHECK_EVERY`]): while false, every call but the health
+    /// endpoints is refused with `dependency_unavailable` (fail closed).
+    pub dependencies_ok: std::sync::atomic::AtomicBool,
 }
+
+/// How often the worker re-checks its store and the proxy.
+pub const DEPENDENCY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The HTTP status of a refusal.
 pub fn status_of(reason: Reason) -> StatusCode {
@@ -60,6 +71,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
         Reason::UnknownRun => StatusCode::NOT_FOUND,
         Reason::MalformedRequest | Reason::InvalidTarget => StatusCode::BAD_REQUEST,
         Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Reason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -141,6 +153,25 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 }
 
 impl App {
+    /// `None` when every dependency answers: the store, and the egress
+    /// proxy's `/readyz` when `--proxy-admin` is set. Otherwise what is
+    /// missing (`store unavailable` or `proxy unavailable`).
+    pub async fn missing_dependency(&self) -> Option<&'static str> {
+        if self.broker.store().ping().await.is_err() {
+            return Some("store unavailable");
+        }
+        if let Some(target) = self.proxy_admin.clone() {
+            let probed = tokio::task::spawn_blocking(move || {
+                mode::probe_readyz(&target, crate::production::PROBE_TIMEOUT)
+            })
+            .await;
+            if !matches!(probed, Ok(Ok(()))) {
+                return Some("proxy unavailable");
+            }
+        }
+        None
+    }
+
     fn authorized(&self, req: &http::Request<Incoming>) -> bool {
         let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
             return false;
@@ -177,15 +208,18 @@ impl App {
                 return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
             }
             (&HttpMethod::GET, "/readyz") => {
-                let ok = self.broker.store().ping().await.is_ok();
-                let status = if ok {
+                let missing = self.missing_dependency().await;
+                let status = if missing.is_none() {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
                 return Ok(json(
                     status,
-                    &serde_json::json!({"status": if ok { "ready" } else { "store unavailable" }}),
+                    &serde_json::json!({
+                        "status": missing.unwrap_or("ready"),
+                        "mode": self.mode.as_str(),
+                    }),
                 ));
             }
             _ => {}
@@ -201,6 +235,14 @@ impl App {
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             return Ok(r);
+        }
+        if !self
+            .dependencies_ok
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.metrics
+                .request(Reason::DependencyUnavailable, Method::Other);
+            return Ok(refuse(Reason::DependencyUnavailable, None));
         }
         let segments: Vec<&str> = path.split('/').collect();
         let resp = match (&method, segments.as_slice()) {

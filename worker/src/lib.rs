@@ -35,6 +35,7 @@ pub mod credential;
 pub mod crypto;
 pub mod metrics;
 pub mod refresh;
+pub mod production;
 pub mod store;
 pub mod tool;
 
