@@ -3,7 +3,12 @@
 //! --healthcheck` probe without starting anything. (The daemon itself, with
 //! `--metrics-listen`, touches host nftables and Docker, so its HTTP
 //! listener is not started here.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)] // test code
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

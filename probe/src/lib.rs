@@ -16,7 +16,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -229,11 +229,19 @@ pub fn get(url: &str, ca: Option<&Path>) -> Result<u16, ProbeError> {
         } => {
             // Check the CA before any connection.
             let config = if tls { Some(tls_config(ca)?) } else { None };
-            let addrs: Vec<_> = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| ProbeError::Unhealthy(format!("cannot resolve {host}: {e}")))?
-                .take(8)
-                .collect();
+            // No DNS: an IP literal, or `localhost` (the probe targets the
+            // binary's own container).
+            let addrs: Vec<std::net::SocketAddr> = if host == "localhost" {
+                vec![
+                    (std::net::Ipv4Addr::LOCALHOST, port).into(),
+                    (std::net::Ipv6Addr::LOCALHOST, port).into(),
+                ]
+            } else {
+                let ip: std::net::IpAddr = host.parse().map_err(|_| {
+                    ProbeError::Usage(format!("--healthcheck: `{host}` is not an IP address or `localhost` (the probe does no DNS)"))
+                })?;
+                vec![(ip, port).into()]
+            };
             let mut last = format!("{host} has no address");
             let mut stream = None;
             for a in addrs {

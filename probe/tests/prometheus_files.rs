@@ -2,7 +2,12 @@
 //! `promtool check config` / `check rules`, and every alert fires on
 //! synthetic series (`promtool test rules alerts_test.yml`). Skips when
 //! promtool is missing, unless CHOKEPOINT_REQUIRE_PRIVILEGED=1.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)] // test code
 
 use std::path::PathBuf;
 use std::process::Command;
