@@ -124,7 +124,17 @@ impl State {
         let tmp = dir.join("state.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, dir.join("state.json"))?;
-        let prom = format!(
+        let prom = self.prometheus_text();
+        let tmp = dir.join("controller.prom.tmp");
+        std::fs::write(&tmp, prom)?;
+        std::fs::rename(tmp, dir.join("controller.prom"))?;
+        Ok(())
+    }
+
+    /// The controller's metrics in the Prometheus text format (the
+    /// textfile `controller.prom` and `--metrics-listen`'s `/metrics`).
+    pub fn prometheus_text(&self) -> String {
+        format!(
             "# HELP controller_drift_total Times the live nftables tables differed from what the controller applied.\n\
              # TYPE controller_drift_total counter\ncontroller_drift_total {}\n\
              # HELP controller_last_reconcile_timestamp_seconds Unix time of the last successful reconcile.\n\
@@ -134,11 +144,7 @@ impl State {
             self.controller_drift_total,
             self.last_reconcile_unix,
             self.controller_containers_stopped_total
-        );
-        let tmp = dir.join("controller.prom.tmp");
-        std::fs::write(&tmp, prom)?;
-        std::fs::rename(tmp, dir.join("controller.prom"))?;
-        Ok(())
+        )
     }
 }
 

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 
 /// chokepoint's controller: kernel isolation for exec containers.
 #[derive(Debug, Parser)]
-#[command(name = "egress-controller", version, about)]
+#[command(name = "egress-controller", version, about, after_help = probe::HELP)]
 struct Args {
     /// The egress policy (its orgs get one network each).
     #[arg(long)]
@@ -50,6 +50,11 @@ struct Args {
     /// Seconds between timer-driven passes.
     #[arg(long, default_value_t = 30)]
     interval_secs: u64,
+    /// Serve `/metrics` (Prometheus text format), `/healthz` and `/readyz`
+    /// here (not in `--once`). Keep it off every network an exec container
+    /// joins.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    metrics_listen: std::net::SocketAddr,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -117,6 +122,10 @@ fn config(a: &Args) -> Config {
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
         return worker::cli::main(std::env::args_os().skip(1));
+    }
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = probe::main_if_asked("egress-controller", &argv) {
+        return code;
     }
     let args = Args::parse();
     // The production switch, before anything is applied or started (exit 78).
@@ -189,6 +198,23 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
             }
             Err(e) => {
                 let _ = writeln_err(&format!("egress-controller: worker: {e}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !args.once {
+        match tokio::net::TcpListener::bind(args.metrics_listen).await {
+            Ok(l) => {
+                let line = serde_json::json!({"event": "metrics_listening", "addr": l.local_addr().map_or(args.metrics_listen, |a| a).to_string()});
+                let _ = writeln_out(&line.to_string());
+                let stale = Duration::from_secs(args.interval_secs.max(1).saturating_mul(3));
+                tokio::spawn(serve_metrics(l, cfg.state_dir.clone(), stale));
+            }
+            Err(e) => {
+                let _ = writeln_err(&format!(
+                    "egress-controller: --metrics-listen {}: cannot bind: {e}",
+                    args.metrics_listen
+                ));
                 return ExitCode::FAILURE;
             }
         }
@@ -322,4 +348,82 @@ async fn check_daemon(docker: &bollard::Docker, cfg: &Config) -> Result<(), Exit
         return Err(ExitCode::from(78));
     }
     Ok(())
+}
+
+/// Serve `GET /metrics`, `/healthz` and `/readyz` (ready = a pass applied
+/// or confirmed the rules within `stale`). One request per connection,
+/// heads bounded to 8 KiB and 5 s.
+async fn serve_metrics(listener: tokio::net::TcpListener, state_dir: PathBuf, stale: Duration) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state_dir = state_dir.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut head = Vec::with_capacity(512);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                true
+            })
+            .await;
+            let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (status, ctype, body) = match (read, parts.next(), parts.next()) {
+                (Ok(true), Some("GET"), Some(path)) => metrics_response(path, &state_dir, stale),
+                (Ok(true), Some(_), Some(_)) => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_owned(),
+                ),
+                _ => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}",
+                body.len()
+            );
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.write_all(resp.as_bytes())).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+fn metrics_response(
+    path: &str,
+    state_dir: &std::path::Path,
+    stale: Duration,
+) -> (&'static str, &'static str, String) {
+    match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            controller::reconcile::State::load(state_dir).prometheus_text(),
+        ),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            let last = controller::reconcile::State::load(state_dir).last_reconcile_unix;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if last > 0 && now.saturating_sub(last) <= stale.as_secs() {
+                ("200 OK", "text/plain", "ready\n".to_owned())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: no recent reconcile pass\n".to_owned(),
+                )
+            }
+        }
+        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    }
 }
