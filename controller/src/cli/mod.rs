@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod appliance;
 pub mod boot;
 pub mod check;
 pub mod credential;
@@ -43,6 +44,8 @@ pub enum Command {
     InstallBoot(boot::Args),
     /// Mint bearer tokens for chokepoint-api.
     Token(token::Args),
+    /// Bring the whole appliance up (images, keys, configuration, services) or remove it.
+    Appliance(appliance::Args),
 }
 
 impl Cli {
@@ -58,6 +61,7 @@ impl Cli {
             Command::Credential(args) => credential::run(&args),
             Command::InstallBoot(args) => boot::run(&args),
             Command::Token(args) => token::run(&args),
+            Command::Appliance(args) => appliance::run(&args),
         }
     }
 }
