@@ -246,8 +246,9 @@ fn random_hex(n: usize) -> Result<zeroize::Zeroizing<String>, String> {
         .map_err(|e| format!("/dev/urandom: {e}"))?;
     let mut out = zeroize::Zeroizing::new(String::with_capacity(n * 2));
     for b in buf.iter() {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        for nibble in [b >> 4, b & 15] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
     }
     Ok(out)
 }
