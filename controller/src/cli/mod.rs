@@ -8,6 +8,7 @@ pub mod appliance;
 pub mod boot;
 pub mod check;
 pub mod credential;
+pub mod exec;
 pub mod image;
 pub mod policy;
 pub mod reconcile;
@@ -46,6 +47,8 @@ pub enum Command {
     Token(token::Args),
     /// Bring the whole appliance up (images, keys, configuration, services) or remove it.
     Appliance(appliance::Args),
+    /// Run a command in a hardened exec container of an org (output scrubbed; exits with its status).
+    Exec(exec::Args),
 }
 
 impl Cli {
@@ -62,6 +65,7 @@ impl Cli {
             Command::InstallBoot(args) => boot::run(&args),
             Command::Token(args) => token::run(&args),
             Command::Appliance(args) => appliance::run(&args),
+            Command::Exec(args) => exec::run(&args),
         }
     }
 }
