@@ -136,6 +136,8 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     );
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
+    // The worker (uid 65534) and the proxy (65532) reach their own folders.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let dir = tmp.path().join("etc");
     let units = tmp.path().join("units");
     let cleanup = Cleanup {
@@ -155,11 +157,16 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     assert!(up.status.success(), "appliance up: {}", text(&up));
     let token = std::fs::read_to_string(dir.join("proxy/admin-token")).unwrap();
     assert_eq!(token.len(), 64);
-    assert!(
-        !text(&up).contains(token.trim()),
-        "up printed the admin token"
-    );
-    for f in ["proxy/admin-token", "policy.yaml", "controller.env"] {
+    let key = std::fs::read_to_string(dir.join("worker/master-key")).unwrap();
+    for secret in [&token, &key] {
+        assert!(!text(&up).contains(secret.trim()), "up printed a secret");
+    }
+    for f in [
+        "proxy/admin-token",
+        "worker/master-key",
+        "worker/service-token",
+        "controller.env",
+    ] {
         let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
@@ -173,6 +180,7 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["headline"], "All boundaries active", "{v:#}");
     assert_eq!(check(&v, "reaches_proxy")["ok"], true, "{v:#}");
+    assert_eq!(check(&v, "worker_store")["ok"], true, "{v:#}");
 
     // 3. A page from a local origin through the proxy, never directly.
     let o = docker(&["network", "create", "--subnet", "11.240.0.0/24", ORIGIN_NET]);
@@ -301,6 +309,11 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(!units.join("chokepoint-nft.service").exists());
     assert!(!units.join("chokepoint-controller.service").exists());
+    let ps = text(&Command::new("ps").args(["-eo", "args"]).output().unwrap());
+    assert!(
+        !ps.lines().any(|l| l.contains(&*dir.to_string_lossy())),
+        "a process of the appliance is still running: {ps}"
+    );
     drop(cleanup);
     eprintln!("proof took {:?}", started.elapsed());
 }

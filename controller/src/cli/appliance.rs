@@ -39,6 +39,8 @@ pub const PROXY_CONTAINER: &str = "chokepoint-proxy";
 pub const PROXY_UID: u32 = 65532;
 /// The proxy's port for exec containers.
 pub const PROXY_PORT: u16 = 3128;
+/// The worker's uid/gid (a child of the controller, no capabilities).
+pub const WORKER_UID: u32 = 65534;
 /// The compose network of the proxy's way out.
 pub const EGRESS_NETWORK: &str = "chokepoint-egress";
 
@@ -121,6 +123,9 @@ pub struct Record {
     pub subnet_base: String,
     /// The exec image tag (for `egressctl exec`).
     pub exec_image: String,
+    /// The egress-controller binary the appliance runs.
+    #[serde(default)]
+    pub controller_bin: PathBuf,
 }
 
 /// The appliance directory's layout.
@@ -146,6 +151,31 @@ impl Layout {
     /// The proxy's policy, rendered by the controller.
     pub fn proxy_policy(&self) -> PathBuf {
         self.proxy_dir().join("proxy-policy.yaml")
+    }
+    /// The worker's folder (its keys, store and socket; owned by its uid).
+    pub fn worker_dir(&self) -> PathBuf {
+        self.dir.join("worker")
+    }
+    /// The worker's store.
+    pub fn worker_store(&self) -> String {
+        format!("sqlite:{}", self.worker_dir().join("worker.db").display())
+    }
+    /// The worker's unix socket.
+    pub fn worker_socket(&self) -> PathBuf {
+        self.worker_dir().join("worker.sock")
+    }
+    /// The worker's environment (key and token files).
+    pub fn worker_env(&self) -> [(&'static str, PathBuf); 2] {
+        [
+            (
+                "CHOKEPOINT_MASTER_KEY_FILE",
+                self.worker_dir().join("master-key"),
+            ),
+            (
+                "CHOKEPOINT_WORKER_TOKEN_FILE",
+                self.worker_dir().join("service-token"),
+            ),
+        ]
     }
     /// The controller's state directory.
     pub fn state_dir(&self) -> PathBuf {
@@ -190,6 +220,13 @@ impl Layout {
             format!("--data-root={}", self.data_root().display()),
             format!("--subnet-base={subnet_base}"),
             "--interval-secs=10".to_owned(),
+            "--worker".to_owned(),
+            format!("--worker-user={WORKER_UID}:{WORKER_UID}"),
+            format!("--worker-arg=--store={}", self.worker_store()),
+            format!(
+                "--worker-arg=--listen=unix:{}",
+                self.worker_socket().display()
+            ),
         ]
     }
 }
@@ -340,10 +377,12 @@ fn up(a: &UpArgs) -> Result<(), String> {
     netpolicy::OrgId::parse(&a.org).map_err(|e| format!("--org: {e}"))?;
 
     // 1. Files (the record first: `down` can clean up whatever follows).
-    mkdir(&layout.dir, 0o700)?;
+    // 0711: the proxy's and the worker's own folders are reachable, nothing is listable.
+    mkdir(&layout.dir, 0o711)?;
     let mut rec = Record {
         subnet_base: a.subnet_base.to_string(),
         exec_image: "chokepoint-exec:appliance".to_owned(),
+        controller_bin: controller_bin.clone(),
         ..Record::default()
     };
     save_record(&layout, &rec)?;
@@ -354,7 +393,8 @@ fn up(a: &UpArgs) -> Result<(), String> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => default_policy(&a.org),
     };
-    write_new(&layout.policy(), policy.as_bytes(), 0o600)?;
+    // Not a secret; the worker (its own uid) reads it too.
+    write_new(&layout.policy(), policy.as_bytes(), 0o644)?;
     let cfg = layout.controller_config(a.subnet_base);
     let nets = planned_networks(&cfg).map_err(|e| format!("policy: {e}"))?;
     for n in &nets {
@@ -370,12 +410,38 @@ fn up(a: &UpArgs) -> Result<(), String> {
     write_new(&token_path, random_hex(32)?.as_bytes(), 0o600)?;
     std::os::unix::fs::chown(&token_path, Some(PROXY_UID), Some(PROXY_UID))
         .map_err(|e| format!("{}: {e}", token_path.display()))?;
+    mkdir(&layout.worker_dir(), 0o700)?;
+    let own = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(WORKER_UID), Some(WORKER_UID))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    own(&layout.worker_dir())?;
+    let [(_, key_path), (_, token_path)] = layout.worker_env();
+    let key = {
+        use base64::Engine as _;
+        let hex = random_hex(32)?;
+        let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(32));
+        for pair in hex.as_bytes().chunks(2) {
+            let s = std::str::from_utf8(pair).map_err(err)?;
+            raw.push(u8::from_str_radix(s, 16).map_err(err)?);
+        }
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*raw))
+    };
+    write_new(&key_path, format!("{}\n", key.as_str()).as_bytes(), 0o600)?;
+    own(&key_path)?;
+    write_new(&token_path, random_hex(32)?.as_bytes(), 0o600)?;
+    own(&token_path)?;
     std::fs::write(layout.dir.join("compose.yaml"), COMPOSE).map_err(err)?;
     let controller_args = layout.controller_args(a.subnet_base);
     write_new(
         &layout.dir.join("controller.env"),
         format!(
-            "CHOKEPOINT_ENV=production\nCHOKEPOINT_CONTROLLER_ARGS=\"{}\"\n",
+            "CHOKEPOINT_ENV=production\n{}CHOKEPOINT_CONTROLLER_ARGS=\"{}\"\n",
+            layout
+                .worker_env()
+                .iter()
+                .map(|(k, v)| format!("{k}={}\n", v.display()))
+                .collect::<String>(),
             controller_args.join(" ")
         )
         .as_bytes(),
@@ -416,6 +482,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
         .arg(&controller_bin)
         .args(&controller_args)
         .env("CHOKEPOINT_ENV", "production")
+        .envs(layout.worker_env())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(err)?)
         .stderr(log)
@@ -476,15 +543,15 @@ fn up(a: &UpArgs) -> Result<(), String> {
         unit_dir.display()
     ))?;
 
-    // 7. A ready proxy.
+    // 7. A ready proxy and worker.
     loop {
-        match proxy_ready() {
+        match proxy_ready().and_then(|()| worker_ready(&layout)) {
             Ok(()) => break,
             Err(e) if Instant::now() > deadline => return Err(format!("proxy not ready: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
-    say("proxy ready; run `egressctl status` to prove every boundary")?;
+    say("proxy and worker ready; run `egressctl status` to prove every boundary")?;
     Ok(())
 }
 
@@ -527,6 +594,39 @@ pub fn proxy_ready() -> Result<(), String> {
     }
 }
 
+/// The worker's `/readyz` (its store answers) over its unix socket: `Ok` on a 200.
+pub fn worker_ready(layout: &Layout) -> Result<(), String> {
+    let code = run_cmd(
+        Command::new("curl")
+            .args(["-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("--unix-socket")
+            .arg(layout.worker_socket())
+            .arg("http://worker/readyz"),
+    )
+    .unwrap_or_else(|e| e);
+    if code == "200" {
+        Ok(())
+    } else {
+        Err(format!("worker /readyz answered {code}"))
+    }
+}
+
+/// The worker's own start-up check, run now: the store opens and the
+/// master key decrypts every credential in it.
+pub fn worker_store_check(layout: &Layout, rec: &Record) -> Result<(), String> {
+    run_cmd(
+        Command::new(&rec.controller_bin)
+            .arg("worker")
+            .arg("--check")
+            .arg("--policy")
+            .arg(layout.policy())
+            .arg(format!("--store={}", layout.worker_store()))
+            .env("CHOKEPOINT_ENV", "production")
+            .envs(layout.worker_env()),
+    )
+    .map(|_| ())
+}
+
 /// Remove everything `up` recorded. Idempotent; a directory without our
 /// record is left alone.
 pub fn down(layout: &Layout) -> Result<(), String> {
@@ -541,7 +641,22 @@ pub fn down(layout: &Layout) -> Result<(), String> {
     if let Some(pid) = rec.controller_pid {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains("egress-controller") {
+            // Its children (the supervised worker), by pid: a killed
+            // controller does not stop them.
+            let children: Vec<String> = Command::new("pgrep")
+                .args(["-P", &pid.to_string()])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
             let _ = Command::new("kill").arg(pid.to_string()).status();
+            for c in &children {
+                let _ = Command::new("kill").arg(c).status();
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));

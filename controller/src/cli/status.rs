@@ -166,7 +166,22 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
         Ok(()) => check("proxy_ready", None, true, "/readyz answered 200"),
         Err(e) => check("proxy_ready", None, false, e.clone()),
     });
-    // 2. The kernel rules.
+    // 2. The worker (a child of the controller): ready, store opens and
+    // decrypts with the master key.
+    out.push(
+        match super::appliance::worker_ready(layout)
+            .and_then(|()| super::appliance::worker_store_check(layout, &rec))
+        {
+            Ok(()) => check(
+                "worker_store",
+                None,
+                true,
+                "/readyz 200; store opens and the master key decrypts it",
+            ),
+            Err(e) => check("worker_store", None, false, e),
+        },
+    );
+    // 3. The kernel rules.
     let base = rec.subnet_base.parse().unwrap_or_default();
     let cfg = layout.controller_config(base);
     let state = State::load(&layout.state_dir());
