@@ -68,6 +68,11 @@ pub struct AppState {
     pub socket_slots: Arc<Semaphore>,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Development or production (`/readyz` reports it).
+    pub mode: mode::Mode,
+    /// The worker's address (`--worker`): `/readyz` is red while it does
+    /// not answer ready.
+    pub worker: Option<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -332,9 +337,40 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<SharedState>) -> Result<&'static str, ApiError> {
-    state.store.ping().await?;
-    Ok("ready\n")
+async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let missing = missing_dependency(&state).await;
+    let code = if missing.is_none() {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({"status": missing.unwrap_or("ready"), "mode": state.mode.as_str()});
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+/// `None` when the store answers and the worker (when `--worker` is set)
+/// answers ready; otherwise what is missing.
+pub async fn missing_dependency(state: &AppState) -> Option<&'static str> {
+    if state.store.ping().await.is_err() {
+        return Some("store unavailable");
+    }
+    if let Some(target) = state.worker.clone() {
+        let probed = tokio::task::spawn_blocking(move || {
+            mode::probe_readyz(&target, crate::production::PROBE_TIMEOUT)
+        })
+        .await;
+        if !matches!(probed, Ok(Ok(()))) {
+            return Some("worker unavailable");
+        }
+    }
+    None
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {

@@ -57,6 +57,11 @@ pub struct Args {
     /// Ticket mints and upgrades a user may burst.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub burst_per_user: u32,
+    /// The worker (credential broker): `unix:PATH` or `IP:PORT`. Its
+    /// `/readyz` must answer 200 at start (required in production) and
+    /// while serving.
+    #[arg(long, value_name = "ADDR")]
+    pub worker: Option<String>,
     /// Check the configuration (keys, certificate, store) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -112,6 +117,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Per-user rate (per second) and burst.
     pub rate: (u32, u32),
+    /// Development or production (`/readyz` reports it); set by the
+    /// binary from `CHOKEPOINT_ENV`.
+    pub mode: mode::Mode,
+    /// The worker's address (`--worker`), probed by `/readyz`.
+    pub worker: Option<String>,
 }
 
 fn valid_origin(o: &str) -> bool {
@@ -180,6 +190,8 @@ impl Config {
             service,
             max_connections: args.max_connections,
             rate: (args.rate_per_user, args.burst_per_user),
+            mode: mode::Mode::Development,
+            worker: args.worker.clone(),
         })
     }
 }

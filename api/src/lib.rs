@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod frames;
 pub mod hub;
+pub mod production;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
@@ -51,6 +52,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         limiter: ratelimit::RateLimiter::new(config.rate.0, config.rate.1),
         socket_slots: Arc::new(Semaphore::new(config.max_connections)),
         stop: stop_rx.clone(),
+        mode: config.mode,
+        worker: config.worker,
     });
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod daemon;
 pub mod firewall;
 pub mod network;
+pub mod production;
 pub mod reconcile;
 pub mod supervise;

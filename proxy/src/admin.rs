@@ -63,11 +63,13 @@ async fn handle(shared: SharedRef, mut tcp: TcpStream) {
         ),
         ("GET", "/healthz") => (200, "text/plain", b"ok\n".to_vec()),
         ("GET", "/readyz") => {
-            if shared.ready.load(Ordering::SeqCst) {
-                (200, "text/plain", b"ready\n".to_vec())
+            let (code, status) = if shared.ready.load(Ordering::SeqCst) {
+                (200, "ready")
             } else {
-                (503, "text/plain", b"not ready\n".to_vec())
-            }
+                (503, "not ready")
+            };
+            let body = serde_json::json!({"status": status, "mode": shared.mode.as_str()});
+            (code, "application/json", format!("{body}\n").into_bytes())
         }
         ("POST", "/reload") if !authorized(&shared, buf.get(..head.len).unwrap_or_default()) => (
             401,

@@ -107,7 +107,7 @@ pub(crate) enum StartError {
 }
 
 /// Validate, then serve until SIGTERM.
-pub(crate) fn run(args: Args) -> Result<(), StartError> {
+pub(crate) fn run(args: Args, mode: mode::Mode) -> Result<(), StartError> {
     let policy = Policy::load(&args.policy).map_err(|e| StartError::Config(e.to_string()))?;
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
@@ -211,6 +211,7 @@ pub(crate) fn run(args: Args) -> Result<(), StartError> {
         ready: AtomicBool::new(false),
         own_addrs: ArcSwap::from_pointee(own_addrs),
         admin_token,
+        mode,
         admission: crate::admit::Admission::new(crate::admit::Caps {
             per_client: args.max_connections_per_client,
             per_org: args.max_connections_per_org,

@@ -24,6 +24,7 @@ mod deny;
 mod forward;
 mod head;
 mod metrics;
+mod production;
 mod reload;
 mod resolve;
 mod server;
@@ -60,6 +61,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // The production switch, before anything is bound (exit 78).
+    let mode = match mode::Mode::from_env("egress-proxy") {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    if let Err(code) = production::gate(mode, &args.policy) {
+        return code;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -68,7 +77,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
         )
         .init();
-    match cli::run(args) {
+    match cli::run(args, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(cli::StartError::Config(line)) => {
             let _ = writeln!(std::io::stderr(), "egress-proxy: {line}");

@@ -19,7 +19,14 @@ pub(crate) async fn reload(shared: &SharedRef) -> Result<u64, String> {
     let loaded = tokio::task::spawn_blocking(move || Policy::load(&path))
         .await
         .map_err(|e| format!("reload task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|p| {
+            // Production keeps refusing what it refused at start.
+            match crate::production::policy_refusals(&p).first() {
+                Some(r) if shared.mode.is_production() => Err(format!("production refused: {r}")),
+                _ => Ok(p),
+            }
+        });
     // The host's addresses may have changed too (an interface added); an
     // unreadable list keeps the one in force.
     match crate::sys::interface_addrs() {

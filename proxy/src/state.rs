@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) own_addrs: ArcSwap<Vec<std::net::IpAddr>>,
     /// The token `POST /reload` requires (`None`: HTTP reload refused).
     pub(crate) admin_token: Option<Vec<u8>>,
+    /// Development or production (`/readyz` reports it; production
+    /// refuses a reload to a policy it would refuse at start).
+    pub(crate) mode: mode::Mode,
     /// Per-client, per-org and per-org-tunnel caps.
     pub(crate) admission: Arc<crate::admit::Admission>,
 }

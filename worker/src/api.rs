@@ -51,6 +51,10 @@ pub struct App {
     pub audit: AuditLog,
     /// SHA-256 of the service token.
     pub token_digest: [u8; 32],
+    /// Development or production (`/readyz` reports it).
+    pub mode: mode::Mode,
+    /// The egress proxy's admin address, probed by `/readyz`.
+    pub proxy_admin: Option<String>,
 }
 
 /// The HTTP status of a refusal.
@@ -141,6 +145,25 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 }
 
 impl App {
+    /// `None` when every dependency answers: the store, and the egress
+    /// proxy's `/readyz` when `--proxy-admin` is set. Otherwise what is
+    /// missing (`store unavailable` or `proxy unavailable`).
+    pub async fn missing_dependency(&self) -> Option<&'static str> {
+        if self.broker.store().ping().await.is_err() {
+            return Some("store unavailable");
+        }
+        if let Some(target) = self.proxy_admin.clone() {
+            let probed = tokio::task::spawn_blocking(move || {
+                mode::probe_readyz(&target, crate::production::PROBE_TIMEOUT)
+            })
+            .await;
+            if !matches!(probed, Ok(Ok(()))) {
+                return Some("proxy unavailable");
+            }
+        }
+        None
+    }
+
     fn authorized(&self, req: &http::Request<Incoming>) -> bool {
         let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
             return false;
@@ -177,15 +200,18 @@ impl App {
                 return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
             }
             (&HttpMethod::GET, "/readyz") => {
-                let ok = self.broker.store().ping().await.is_ok();
-                let status = if ok {
+                let missing = self.missing_dependency().await;
+                let status = if missing.is_none() {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
                 return Ok(json(
                     status,
-                    &serde_json::json!({"status": if ok { "ready" } else { "store unavailable" }}),
+                    &serde_json::json!({
+                        "status": missing.unwrap_or("ready"),
+                        "mode": self.mode.as_str(),
+                    }),
                 ));
             }
             _ => {}

@@ -56,6 +56,10 @@ pub struct WorkerArgs {
     /// Audit log file (default: stdout).
     #[arg(long = "audit-log")]
     pub audit_log: Option<PathBuf>,
+    /// The egress proxy's admin address (`IP:PORT`): its `/readyz` must
+    /// answer 200 at start (required in production) and while serving.
+    #[arg(long = "proxy-admin", value_name = "IP:PORT")]
+    pub proxy_admin: Option<String>,
     /// Validate the configuration and the keys, then exit.
     #[arg(long)]
     pub check: bool,
@@ -157,6 +161,10 @@ where
             };
         }
     };
+    let mode = match mode::Mode::from_env(crate::production::NAME) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -168,10 +176,13 @@ where
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run(args))
+    rt.block_on(run(args, mode))
 }
 
-async fn run(args: WorkerArgs) -> ExitCode {
+async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
+    if let Err(code) = crate::production::gate(mode, &args).await {
+        return code;
+    }
     let policy = match Policy::load(&args.policy) {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -247,6 +258,8 @@ async fn run(args: WorkerArgs) -> ExitCode {
         metrics,
         audit,
         token_digest,
+        mode,
+        proxy_admin: args.proxy_admin.clone(),
     });
     let sweeper = {
         let app = app.clone();

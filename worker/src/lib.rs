@@ -34,6 +34,7 @@ pub mod client;
 pub mod credential;
 pub mod crypto;
 pub mod metrics;
+pub mod production;
 pub mod store;
 pub mod tool;
 

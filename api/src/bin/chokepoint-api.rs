@@ -19,8 +19,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    // The production switch, before anything is bound (exit 78).
+    let mode = match mode::Mode::from_env("chokepoint-api") {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    if let Err(code) = api::production::gate(mode, &args, |k| std::env::var(k).ok()) {
+        return code;
+    }
     let config = match api::config::Config::from_args(&args, |k| std::env::var(k).ok()) {
-        Ok(c) => c,
+        Ok(c) => api::config::Config { mode, ..c },
         Err(e) => return fail(api::EXIT_CONFIG, &e.to_string()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -76,6 +76,11 @@ struct Args {
     /// userns-remap or gvisor.
     #[arg(long, default_value = "runc")]
     isolation: containers::Isolation,
+    /// The egress proxy's admin address (`IP:PORT`): its `/readyz` must
+    /// answer 200 before the first pass (required in production). Passed
+    /// on to the supervised worker too.
+    #[arg(long = "proxy-admin", value_name = "IP:PORT")]
+    proxy_admin: Option<String>,
     /// Do not check (and stop) containers on org networks. Refused on a
     /// Docker daemon affected by CVE-2024-29018.
     #[arg(long)]
@@ -114,6 +119,15 @@ fn main() -> ExitCode {
         return worker::cli::main(std::env::args_os().skip(1));
     }
     let args = Args::parse();
+    // The production switch, before anything is applied or started (exit 78).
+    let mode = match mode::Mode::from_env("egress-controller") {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    if let Err(code) = controller::production::gate(mode, &args.policy, args.proxy_admin.as_deref())
+    {
+        return code;
+    }
     let cfg = config(&args);
     if let Err(e) = controller::reconcile::planned_networks(&cfg) {
         let _ = writeln_err(&format!("egress-controller: {e}"));
@@ -156,6 +170,14 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
             OsString::from("--policy"),
             args.policy.clone().into_os_string(),
         ];
+        if let Some(p) = &args.proxy_admin
+            && !args
+                .worker_arg
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("--proxy-admin"))
+        {
+            wargs.push(OsString::from(format!("--proxy-admin={p}")));
+        }
         wargs.extend(args.worker_arg.iter().cloned());
         match controller::supervise::WorkerSpec::from_current(uid, gid, wargs) {
             Ok(spec) => {
