@@ -147,7 +147,8 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
 
     // 1. From nothing, one command, production.
     let up = Command::new(EGRESSCTL)
-        .args(["appliance", "up", "--subnet-base", SUBNET_BASE, "--dir"])
+        .args(["appliance", "up", "--subnet-base", SUBNET_BASE])
+        .args(["--egress-subnet", "10.240.255.0/24", "--dir"])
         .arg(&dir)
         .arg("--unit-dir")
         .arg(&units)

@@ -97,6 +97,10 @@ pub struct UpArgs {
     /// An existing policy to use instead of the safe default.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The proxy's egress network (a /24 or larger): the proxy's admin
+    /// listener is its .2, containers get the upper half.
+    #[arg(long, default_value = "10.230.0.0/24")]
+    pub egress_subnet: ipnet::Ipv4Net,
     /// Seconds to wait for the controller's first pass and a ready proxy.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -126,6 +130,49 @@ pub struct Record {
     /// The egress-controller binary the appliance runs.
     #[serde(default)]
     pub controller_bin: PathBuf,
+    /// The proxy's egress network.
+    #[serde(default)]
+    pub egress_subnet: String,
+}
+
+impl Record {
+    /// The proxy's egress network (default 10.230.0.0/24).
+    pub fn egress(&self) -> ipnet::Ipv4Net {
+        self.egress_subnet
+            .parse()
+            .unwrap_or_else(|_| "10.230.0.0/24".parse().unwrap_or_default())
+    }
+    /// The proxy's admin address (`IP:9090`, .2 of the egress network).
+    pub fn proxy_admin(&self) -> String {
+        format!("{}:9090", nth(self.egress(), 2))
+    }
+    /// The host's address on the egress network (its gateway, .1).
+    pub fn host_address(&self) -> std::net::Ipv4Addr {
+        nth(self.egress(), 1)
+    }
+    /// The variables compose.yaml reads.
+    fn compose_env(&self) -> Vec<(&'static str, String)> {
+        let net = self.egress();
+        let half = ipnet::Ipv4Net::new(
+            nth(
+                net,
+                u32::from(1u8) << (31 - u32::from(net.prefix_len())).min(31),
+            ),
+            net.prefix_len().saturating_add(1).min(32),
+        )
+        .map_or_else(|_| net.to_string(), |n| n.to_string());
+        vec![
+            ("CHOKEPOINT_EGRESS_SUBNET", net.to_string()),
+            ("CHOKEPOINT_EGRESS_RANGE", half),
+            ("CHOKEPOINT_PROXY_ADMIN_IP", nth(net, 2).to_string()),
+            ("CHOKEPOINT_EGRESS_GATEWAY", self.host_address().to_string()),
+        ]
+    }
+}
+
+/// The `i`-th address of `net`.
+fn nth(net: ipnet::Ipv4Net, i: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(net.network()).saturating_add(i))
 }
 
 /// The appliance directory's layout.
@@ -210,8 +257,9 @@ impl Layout {
         cfg
     }
     /// The controller's arguments (also written to the unit's env file).
-    fn controller_args(&self, subnet_base: ipnet::Ipv4Net) -> Vec<String> {
+    fn controller_args(&self, subnet_base: ipnet::Ipv4Net, proxy_admin: &str) -> Vec<String> {
         vec![
+            format!("--proxy-admin={proxy_admin}"),
             format!("--policy={}", self.policy().display()),
             format!("--proxy-container={PROXY_CONTAINER}"),
             format!("--proxy-policy-out={}", self.proxy_policy().display()),
@@ -329,7 +377,7 @@ fn run_cmd(cmd: &mut Command) -> Result<String, String> {
 
 /// `docker-compose -p chokepoint -f DIR/compose.yaml ARGS` with the
 /// directory in `CHOKEPOINT_DIR`.
-fn compose(layout: &Layout, args: &[&str]) -> Result<String, String> {
+fn compose(layout: &Layout, rec: &Record, args: &[&str]) -> Result<String, String> {
     run_cmd(
         Command::new("docker-compose")
             .arg("-p")
@@ -337,7 +385,8 @@ fn compose(layout: &Layout, args: &[&str]) -> Result<String, String> {
             .arg("-f")
             .arg(layout.dir.join("compose.yaml"))
             .args(args)
-            .env("CHOKEPOINT_DIR", &layout.dir),
+            .env("CHOKEPOINT_DIR", &layout.dir)
+            .envs(rec.compose_env()),
     )
 }
 
@@ -375,6 +424,9 @@ fn up(a: &UpArgs) -> Result<(), String> {
         }
     }
     netpolicy::OrgId::parse(&a.org).map_err(|e| format!("--org: {e}"))?;
+    if a.egress_subnet.prefix_len() > 24 {
+        return Err("--egress-subnet: give a /24 or larger".to_owned());
+    }
 
     // 1. Files (the record first: `down` can clean up whatever follows).
     // 0711: the proxy's and the worker's own folders are reachable, nothing is listable.
@@ -383,6 +435,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
         subnet_base: a.subnet_base.to_string(),
         exec_image: "chokepoint-exec:appliance".to_owned(),
         controller_bin: controller_bin.clone(),
+        egress_subnet: a.egress_subnet.to_string(),
         ..Record::default()
     };
     save_record(&layout, &rec)?;
@@ -432,7 +485,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
     write_new(&token_path, random_hex(32)?.as_bytes(), 0o600)?;
     own(&token_path)?;
     std::fs::write(layout.dir.join("compose.yaml"), COMPOSE).map_err(err)?;
-    let controller_args = layout.controller_args(a.subnet_base);
+    let controller_args = layout.controller_args(a.subnet_base, &rec.proxy_admin());
     write_new(
         &layout.dir.join("controller.env"),
         format!(
@@ -468,7 +521,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
     }
 
     // 3. The proxy (compose).
-    compose(&layout, &["up", "-d"])?;
+    compose(&layout, &rec, &["up", "-d"])?;
     say("started the proxy (docker-compose -p chokepoint up -d)")?;
 
     // 4. The controller, on the host, as the boot unit would run it.
@@ -545,7 +598,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
 
     // 7. A ready proxy and worker.
     loop {
-        match proxy_ready().and_then(|()| worker_ready(&layout)) {
+        match proxy_ready(&rec).and_then(|()| worker_ready(&layout)) {
             Ok(()) => break,
             Err(e) if Instant::now() > deadline => return Err(format!("proxy not ready: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
@@ -559,24 +612,10 @@ fn say(line: &str) -> Result<(), String> {
     emit_line(line).map_err(err)
 }
 
-/// The proxy's `/readyz` from inside its own network namespace (the admin
-/// listener binds the container's loopback only): `Ok` on a 200.
-pub fn proxy_ready() -> Result<(), String> {
-    let pid = run_cmd(Command::new("docker").args([
-        "inspect",
-        "-f",
-        "{{.State.Running}} {{.State.Pid}}",
-        PROXY_CONTAINER,
-    ]))?;
-    let pid = match pid.split_once(' ') {
-        Some(("true", p)) if p != "0" => p.to_owned(),
-        _ => return Err("the proxy container is not running".to_owned()),
-    };
-    let code = run_cmd(Command::new("nsenter").args([
-        "-t",
-        &pid,
-        "-n",
-        "curl",
+/// The proxy's `/readyz` on its admin address (the egress network): `Ok`
+/// on a 200.
+pub fn proxy_ready(rec: &Record) -> Result<(), String> {
+    let code = run_cmd(Command::new("curl").args([
         "-s",
         "-m",
         "2",
@@ -584,13 +623,13 @@ pub fn proxy_ready() -> Result<(), String> {
         "/dev/null",
         "-w",
         "%{http_code}",
-        "http://127.0.0.1:9090/readyz",
+        &format!("http://{}/readyz", rec.proxy_admin()),
     ]))
     .unwrap_or_else(|e| e);
     if code == "200" {
         Ok(())
     } else {
-        Err(format!("/readyz answered {code}"))
+        Err(format!("/readyz on {} answered {code}", rec.proxy_admin()))
     }
 }
 
@@ -621,6 +660,7 @@ pub fn worker_store_check(layout: &Layout, rec: &Record) -> Result<(), String> {
             .arg("--policy")
             .arg(layout.policy())
             .arg(format!("--store={}", layout.worker_store()))
+            .arg(format!("--proxy-admin={}", rec.proxy_admin()))
             .env("CHOKEPOINT_ENV", "production")
             .envs(layout.worker_env()),
     )
@@ -698,7 +738,11 @@ pub fn down(layout: &Layout) -> Result<(), String> {
         }
     }
     if layout.dir.join("compose.yaml").is_file()
-        && let Err(e) = compose(layout, &["down", "--remove-orphans", "--timeout", "5"])
+        && let Err(e) = compose(
+            layout,
+            &rec,
+            &["down", "--remove-orphans", "--timeout", "5"],
+        )
     {
         problems.push(e);
     }

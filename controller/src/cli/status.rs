@@ -24,7 +24,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 use serde::Serialize;
 
-use super::appliance::{EGRESS_NETWORK, Layout, PROXY_CONTAINER, PROXY_PORT, default_dir};
+use super::appliance::{Layout, PROXY_CONTAINER, PROXY_PORT, default_dir};
 use crate::reconcile::State;
 
 /// The headline when every line is green.
@@ -161,7 +161,7 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
         return out;
     };
     // 1. The proxy.
-    let proxy = super::appliance::proxy_ready();
+    let proxy = super::appliance::proxy_ready(&rec);
     out.push(match &proxy {
         Ok(()) => check("proxy_ready", None, true, "/readyz answered 200"),
         Err(e) => check("proxy_ready", None, false, e.clone()),
@@ -223,7 +223,7 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
     }
     // 4. verify_exec on every container on an org network (run while the
     // canaries are up, so there is at least one per org).
-    out.extend(canaries(layout, &rec.exec_image, &nets));
+    out.extend(canaries(layout, &rec.exec_image, rec.host_address(), &nets));
     out
 }
 
@@ -298,35 +298,17 @@ fn sh(container: &str, script: &str) -> bool {
     docker(&["exec", container, "/bin/sh", "-c", script]).is_ok_and(|o| o.status.success())
 }
 
-fn canaries(layout: &Layout, image: &str, nets: &[crate::network::OrgNetwork]) -> Vec<Check> {
+fn canaries(
+    layout: &Layout,
+    image: &str,
+    host_ip: std::net::Ipv4Addr,
+    nets: &[crate::network::OrgNetwork],
+) -> Vec<Check> {
     let mut out = Vec::new();
     if nets.is_empty() {
         return out;
     }
-    let host_ip = docker(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
-        EGRESS_NETWORK,
-    ])
-    .ok()
-    .filter(|o| o.status.success())
-    .and_then(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-    });
-    let Some(host_ip) = host_ip else {
-        out.push(check(
-            "canary",
-            None,
-            false,
-            format!("no host address found on {EGRESS_NETWORK}"),
-        ));
-        return out;
-    };
+    let host_ip = host_ip.to_string();
     let listeners = match HostListeners::start() {
         Ok(l) => l,
         Err(e) => {
