@@ -633,6 +633,22 @@ pub fn proxy_ready(rec: &Record) -> Result<(), String> {
     }
 }
 
+/// The mode the proxy reports on `/readyz` (`production`/`development`).
+pub fn proxy_mode(rec: &Record) -> Result<String, String> {
+    let body = run_cmd(Command::new("curl").args([
+        "-s",
+        "-m",
+        "2",
+        &format!("http://{}/readyz", rec.proxy_admin()),
+    ]))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/readyz is not JSON: {e}"))?;
+    v.get("mode")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| "/readyz reports no mode".to_owned())
+}
+
 /// The worker's `/readyz` (its store answers) over its unix socket: `Ok` on a 200.
 pub fn worker_ready(layout: &Layout) -> Result<(), String> {
     let code = run_cmd(

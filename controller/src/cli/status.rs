@@ -166,6 +166,21 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
         Ok(()) => check("proxy_ready", None, true, "/readyz answered 200"),
         Err(e) => check("proxy_ready", None, false, e.clone()),
     });
+    out.push(match super::appliance::proxy_mode(&rec) {
+        Ok(m) if m == "production" => check(
+            "production_mode",
+            None,
+            true,
+            "the proxy runs in production",
+        ),
+        Ok(m) => check(
+            "production_mode",
+            None,
+            false,
+            format!("the proxy runs in {m}"),
+        ),
+        Err(e) => check("production_mode", None, false, e),
+    });
     // 2. The worker (a child of the controller): ready, store opens and
     // decrypts with the master key.
     out.push(
