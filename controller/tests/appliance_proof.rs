@@ -110,30 +110,37 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     let have_docker = docker(&["info", "--format", "{{.ServerVersion}}"])
         .status
         .success();
-    let have_tools = ["nft", "docker-compose", "nsenter", "curl"]
-        .iter()
-        .all(|t| {
-            Command::new(t)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+    let have_tools = [
+        ("nft", "--version"),
+        ("docker-compose", "--version"),
+        ("curl", "--version"),
+        ("openssl", "version"),
+    ]
+    .iter()
+    .all(|(t, arg)| {
+        Command::new(t)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     if !e2e::require(
-        "root, the Docker daemon, nft, docker-compose, nsenter and curl",
+        "root, the Docker daemon, nft, docker-compose, curl and openssl",
         have_docker && have_tools && root,
     ) {
         return;
     }
-    let proxy_bin = Path::new(EGRESSCTL).parent().unwrap().join("egress-proxy");
-    assert!(
-        proxy_bin.is_file(),
-        "{} missing: run `cargo build -p egress-proxy` (cargo test --workspace builds it)",
-        proxy_bin.display()
-    );
+    for bin in ["egress-proxy", "chokepoint-api"] {
+        let path = Path::new(EGRESSCTL).parent().unwrap().join(bin);
+        assert!(
+            path.is_file(),
+            "{} missing: run `cargo build -p egress-proxy -p chokepoint-api` (cargo test --workspace builds them)",
+            path.display()
+        );
+    }
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     // The worker (uid 65534) and the proxy (65532) reach their own folders.
@@ -166,6 +173,8 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         "proxy/admin-token",
         "worker/master-key",
         "worker/service-token",
+        "api/jwt-key",
+        "api/tls-key.pem",
         "controller.env",
     ] {
         let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
@@ -183,6 +192,11 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     assert_eq!(check(&v, "reaches_proxy")["ok"], true, "{v:#}");
     assert_eq!(check(&v, "worker_store")["ok"], true, "{v:#}");
     assert_eq!(check(&v, "production_mode")["ok"], true, "{v:#}");
+    assert_eq!(
+        check(&v, "api_tls")["detail"],
+        "handshakes accepted: tls1_2, tls1_3",
+        "{v:#}"
+    );
 
     // 3. A page from a local origin through the proxy, never directly.
     let o = docker(&["network", "create", "--subnet", "11.240.0.0/24", ORIGIN_NET]);

@@ -150,6 +150,10 @@ impl Record {
     pub fn host_address(&self) -> std::net::Ipv4Addr {
         nth(self.egress(), 1)
     }
+    /// The API's address (`IP:8443`, .3 of the egress network).
+    pub fn api_addr(&self) -> String {
+        format!("{}:8443", nth(self.egress(), 3))
+    }
     /// The variables compose.yaml reads.
     fn compose_env(&self) -> Vec<(&'static str, String)> {
         let net = self.egress();
@@ -166,6 +170,7 @@ impl Record {
             ("CHOKEPOINT_EGRESS_RANGE", half),
             ("CHOKEPOINT_PROXY_ADMIN_IP", nth(net, 2).to_string()),
             ("CHOKEPOINT_EGRESS_GATEWAY", self.host_address().to_string()),
+            ("CHOKEPOINT_API_IP", nth(net, 3).to_string()),
         ]
     }
 }
@@ -207,9 +212,14 @@ impl Layout {
     pub fn worker_store(&self) -> String {
         format!("sqlite:{}", self.worker_dir().join("worker.db").display())
     }
-    /// The worker's unix socket.
+    /// The worker's unix socket, in a folder of its own (mounted into the
+    /// API's container; the worker's keys are not).
     pub fn worker_socket(&self) -> PathBuf {
-        self.worker_dir().join("worker.sock")
+        self.dir.join("worker-run").join("worker.sock")
+    }
+    /// The API's keys and certificate (mounted read-only into its container).
+    pub fn api_dir(&self) -> PathBuf {
+        self.dir.join("api")
     }
     /// The worker's environment (key and token files).
     pub fn worker_env(&self) -> [(&'static str, PathBuf); 2] {
@@ -415,10 +425,11 @@ fn up(a: &UpArgs) -> Result<(), String> {
     };
     let proxy_bin = bin_dir.join("egress-proxy");
     let controller_bin = bin_dir.join("egress-controller");
-    for b in [&proxy_bin, &controller_bin] {
+    let api_bin = bin_dir.join("chokepoint-api");
+    for b in [&proxy_bin, &controller_bin, &api_bin] {
         if !b.is_file() {
             return Err(format!(
-                "{} missing: build it first (cargo build --release -p egress-proxy -p egress-controller) or pass --bin-dir",
+                "{} missing: build it first (cargo build --release -p egress-proxy -p egress-controller -p chokepoint-api) or pass --bin-dir",
                 b.display()
             ));
         }
@@ -484,6 +495,53 @@ fn up(a: &UpArgs) -> Result<(), String> {
     own(&key_path)?;
     write_new(&token_path, random_hex(32)?.as_bytes(), 0o600)?;
     own(&token_path)?;
+    let run_dir = layout.dir.join("worker-run");
+    mkdir(&run_dir, 0o700)?;
+    own(&run_dir)?;
+    // The API: its JWT key, a self-signed certificate for its fixed address
+    // (replace tls-cert.pem/tls-key.pem with your own), its store.
+    mkdir(&layout.api_dir(), 0o755)?;
+    let jwt_path = layout.api_dir().join("jwt-key");
+    let jwt = {
+        use base64::Engine as _;
+        let hex = random_hex(32)?;
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(hex.as_bytes()))
+    };
+    write_new(&jwt_path, jwt.as_bytes(), 0o600)?;
+    own(&jwt_path)?;
+    let (cert, tls_key) = (
+        layout.api_dir().join("tls-cert.pem"),
+        layout.api_dir().join("tls-key.pem"),
+    );
+    run_cmd(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "825",
+                "-subj",
+                "/CN=chokepoint-api",
+                "-addext",
+            ])
+            .arg(format!("subjectAltName=IP:{}", nth(a.egress_subnet, 3)))
+            .arg("-keyout")
+            .arg(&tls_key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    std::fs::set_permissions(&tls_key, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    own(&tls_key)?;
+    let api_data = layout.dir.join("api-data");
+    mkdir(&api_data, 0o700)?;
+    own(&api_data)?;
     std::fs::write(layout.dir.join("compose.yaml"), COMPOSE).map_err(err)?;
     let controller_args = layout.controller_args(a.subnet_base, &rec.proxy_admin());
     write_new(
@@ -512,6 +570,10 @@ fn up(a: &UpArgs) -> Result<(), String> {
             containers::ImageSpec::service(proxy_image, vec![proxy_bin.clone()]),
             "proxy",
         ),
+        (
+            containers::ImageSpec::service("chokepoint-api:appliance", vec![api_bin.clone()]),
+            "api",
+        ),
         (containers::ImageSpec::exec(&rec.exec_image), "exec"),
     ] {
         rec.images.push(spec.tag.clone());
@@ -521,8 +583,8 @@ fn up(a: &UpArgs) -> Result<(), String> {
     }
 
     // 3. The proxy (compose).
-    compose(&layout, &rec, &["up", "-d"])?;
-    say("started the proxy (docker-compose -p chokepoint up -d)")?;
+    compose(&layout, &rec, &["up", "-d", "proxy"])?;
+    say("started the proxy (docker-compose -p chokepoint up -d proxy)")?;
 
     // 4. The controller, on the host, as the boot unit would run it.
     let log = std::fs::OpenOptions::new()
@@ -604,7 +666,16 @@ fn up(a: &UpArgs) -> Result<(), String> {
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
-    say("proxy and worker ready; run `egressctl status` to prove every boundary")?;
+    // 8. The API, once the worker it checks at start answers.
+    compose(&layout, &rec, &["up", "-d", "api"])?;
+    loop {
+        match api_ready(&rec) {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => return Err(format!("API not ready: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+    say("proxy, worker and API ready; run `egressctl status` to prove every boundary")?;
     Ok(())
 }
 
@@ -647,6 +718,46 @@ pub fn proxy_mode(rec: &Record) -> Result<String, String> {
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| "/readyz reports no mode".to_owned())
+}
+
+/// The API's `/readyz` over TLS on its address (the egress network),
+/// trusting only its own certificate: `Ok` on a 200.
+pub fn api_ready(rec: &Record) -> Result<(), String> {
+    let code = run_cmd(Command::new("curl").args([
+        "-s",
+        "-m",
+        "2",
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://{}/readyz", rec.api_addr()),
+    ]))
+    .unwrap_or_else(|e| e);
+    if code == "200" {
+        Ok(())
+    } else {
+        Err(format!("API /readyz on {} answered {code}", rec.api_addr()))
+    }
+}
+
+/// Which TLS versions the API accepts: `(version, accepted)` for 1.0 to 1.3
+/// (`openssl s_client`, one handshake each).
+pub fn api_tls_versions(rec: &Record) -> Vec<(&'static str, bool)> {
+    ["tls1", "tls1_1", "tls1_2", "tls1_3"]
+        .into_iter()
+        .map(|v| {
+            let ok = Command::new("openssl")
+                .args(["s_client", "-connect", &rec.api_addr(), &format!("-{v}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            (v, ok)
+        })
+        .collect()
 }
 
 /// The worker's `/readyz` (its store answers) over its unix socket: `Ok` on a 200.
@@ -762,7 +873,7 @@ pub fn down(layout: &Layout) -> Result<(), String> {
     {
         problems.push(e);
     }
-    let _ = run_cmd(Command::new("docker").args(["rm", "-f", PROXY_CONTAINER]));
+    let _ = run_cmd(Command::new("docker").args(["rm", "-f", PROXY_CONTAINER, "chokepoint-api"]));
     for n in &nets {
         if let Err(e) = run_cmd(Command::new("docker").args(["network", "rm", &n.name]))
             && !e.contains("No such network")

@@ -196,6 +196,26 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
             Err(e) => check("worker_store", None, false, e),
         },
     );
+    // The API: ready, and TLS 1.2 and 1.3 only.
+    out.push(match super::appliance::api_ready(&rec) {
+        Ok(()) => check("api_ready", None, true, "/readyz answered 200 over TLS"),
+        Err(e) => check("api_ready", None, false, e),
+    });
+    let tls = super::appliance::api_tls_versions(&rec);
+    let accepted: Vec<&str> = tls.iter().filter(|(_, ok)| *ok).map(|(v, _)| *v).collect();
+    out.push(check(
+        "api_tls",
+        None,
+        accepted == ["tls1_2", "tls1_3"],
+        format!(
+            "handshakes accepted: {}",
+            if accepted.is_empty() {
+                "none".to_owned()
+            } else {
+                accepted.join(", ")
+            }
+        ),
+    ));
     // 3. The kernel rules.
     let base = rec.subnet_base.parse().unwrap_or_default();
     let cfg = layout.controller_config(base);
