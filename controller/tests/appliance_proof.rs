@@ -198,6 +198,41 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         "{v:#}"
     );
 
+    // 2b. A second org added to the policy: the controller picks it up on
+    // its next pass (network, rules, the proxy's policy reloaded), and the
+    // two orgs' canaries cannot reach each other.
+    let policy = std::fs::read_to_string(dir.join("policy.yaml")).unwrap();
+    let policy = policy.replace(
+        "orgs:\n",
+        "orgs:\n  globex:\n    clients: []\n    integrations: {}\n",
+    );
+    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let proxy_policy = std::fs::read_to_string(dir.join("proxy/proxy-policy.yaml")).unwrap();
+        let nets = text(&docker(&["network", "ls", "--format", "{{.Name}}"]));
+        if proxy_policy.contains("globex") && nets.lines().any(|n| n == "chokepoint-globex") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "globex never came up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, v) = status(&dir);
+    assert_eq!(code, 0, "{v:#}");
+    let cross: Vec<&serde_json::Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "no_other_org")
+        .collect();
+    assert_eq!(cross.len(), 2, "{v:#}");
+    assert!(
+        cross
+            .iter()
+            .all(|c| c["detail"].as_str().unwrap().starts_with("blocked")),
+        "{v:#}"
+    );
+
     // 3. A page from a local origin through the proxy, never directly.
     let o = docker(&["network", "create", "--subnet", "11.240.0.0/24", ORIGIN_NET]);
     assert!(o.status.success(), "{}", text(&o));

@@ -74,6 +74,17 @@ pub fn spec_for(
     })?;
     let net = crate::network::org_network(org, subnet)
         .ok_or_else(|| format!("org {org}: bad subnet {subnet}"))?;
+    // The org's folder (a new org of the policy has none yet).
+    let folder = layout.data_root().join(id.as_str());
+    if !folder.exists() {
+        std::fs::create_dir(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        std::os::unix::fs::chown(
+            &folder,
+            Some(containers::EXEC_UID),
+            Some(containers::EXEC_UID),
+        )
+        .map_err(|e| format!("{}: {e}", folder.display()))?;
+    }
     let mut spec =
         containers::HardenedSpec::new(id, image, layout.data_root(), net.name.clone(), command);
     let proxy = format!("http://{}:{}", net.proxy, super::appliance::PROXY_PORT);
