@@ -44,7 +44,17 @@ pub fn gate(
             // A public key is not a secret: only an HS256 secret is weighed.
             Ok(text) if !text.trim_ascii_start().starts_with(b"-----BEGIN") => {
                 let text = zeroize::Zeroizing::new(text);
+                // The HS256 secret is base64: weigh the bytes it encodes.
+                use base64::Engine as _;
+                let decoded = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text.trim_ascii())
+                        .unwrap_or_default(),
+                );
                 gate.check(mode::check_secret(KEY_FILE_ENV, &text));
+                if !decoded.is_empty() {
+                    gate.check(mode::check_secret(KEY_FILE_ENV, &decoded));
+                }
             }
             Ok(_) => {}
             Err(e) => gate.fail(

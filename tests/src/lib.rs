@@ -19,6 +19,7 @@
 pub mod dns;
 pub mod origin;
 pub mod proxy;
+pub mod startup;
 pub mod tls_origin;
 
 use std::io::{Read, Write};
