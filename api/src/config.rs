@@ -23,7 +23,7 @@ pub const SERVICE_TOKEN_FILE_ENV: &str = "CHOKEPOINT_API_SERVICE_TOKEN_FILE";
 /// chokepoint's API server: authenticated WebSockets for browser and CLI
 /// clients, org isolation from the store, writes through a durable queue.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chokepoint-api", version, about)]
+#[command(name = "chokepoint-api", version, about, after_help = probe::HELP)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8443")]

@@ -30,7 +30,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// chokepoint's egress proxy: plain-HTTP reads to public hosts and CONNECT
 /// tunnels to package repositories, decided by the egress policy.
 #[derive(Debug, Parser)]
-#[command(name = "egress-proxy", version)]
+#[command(name = "egress-proxy", version, after_help = probe::HELP)]
 pub(crate) struct Args {
     /// The egress policy (YAML, `version: v1`).
     #[arg(long, default_value = "examples/policy.yaml")]

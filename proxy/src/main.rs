@@ -47,6 +47,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = probe::main_if_asked("egress-proxy", &argv) {
+        return code;
+    }
     let args = match cli::Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

@@ -36,7 +36,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// chokepoint's worker: the credential broker and the pinned HTTP tool.
 #[derive(Debug, Parser)]
-#[command(name = "egress-controller worker", version, about)]
+#[command(name = "egress-controller worker", version, about, after_help = probe::HELP)]
 pub struct WorkerArgs {
     /// The egress policy (orgs and their integrations).
     #[arg(long)]
@@ -150,6 +150,13 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if let Some(code) = probe::main_if_asked(
+        "egress-controller worker",
+        args.get(1..).unwrap_or_default(),
+    ) {
+        return code;
+    }
     let args = match WorkerArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {

@@ -10,6 +10,10 @@ fn fail(code: u8, line: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = probe::main_if_asked("chokepoint-api", &argv) {
+        return code;
+    }
     let args = api::config::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

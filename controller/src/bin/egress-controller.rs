@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 
 /// chokepoint's controller: kernel isolation for exec containers.
 #[derive(Debug, Parser)]
-#[command(name = "egress-controller", version, about)]
+#[command(name = "egress-controller", version, about, after_help = probe::HELP)]
 struct Args {
     /// The egress policy (its orgs get one network each).
     #[arg(long)]
@@ -117,6 +117,10 @@ fn config(a: &Args) -> Config {
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
         return worker::cli::main(std::env::args_os().skip(1));
+    }
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = probe::main_if_asked("egress-controller", &argv) {
+        return code;
     }
     let args = Args::parse();
     // The production switch, before anything is applied or started (exit 78).
