@@ -400,6 +400,23 @@ async fn docker_steps(
             Ok(w) => report.proxy_policy_written = w,
             Err(e) => report.fail("proxy_policy", &out.display().to_string(), e),
         }
+        // A new policy for the proxy: tell a running proxy to re-read it
+        // (SIGHUP; a bad file is refused by the proxy, which keeps the old one).
+        if report.proxy_policy_written
+            && let Some(name) = cfg.proxy_container.as_deref()
+        {
+            let opts = bollard::query_parameters::KillContainerOptions {
+                signal: "HUP".to_owned(),
+            };
+            match docker.kill_container(name, Some(opts)).await {
+                // 409: not running; it reads the new file when it starts.
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => {}
+                Err(e) => report.fail("proxy_reload", name, e.to_string()),
+            }
+        }
     }
     let proxy_id = network::proxy_id(docker, cfg.proxy_container.as_deref()).await;
     for n in removed {

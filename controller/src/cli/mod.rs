@@ -4,13 +4,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod appliance;
 pub mod boot;
 pub mod check;
 pub mod credential;
+pub mod exec;
 pub mod image;
 pub mod policy;
 pub mod reconcile;
 pub mod scrub;
+pub mod status;
 pub mod token;
 
 /// chokepoint's operator CLI.
@@ -33,8 +36,9 @@ pub enum Command {
     Policy(policy::Args),
     /// Run one controller pass now (networks, proxy attachment, nftables).
     Reconcile(reconcile::Args),
-    /// Per org: network, proxy attachment, nft tables and the last pass (exit 1 if anything is off).
-    Status(reconcile::Args),
+    /// Live probes of every boundary ("All boundaries active"; exit 1 if any line is red).
+    /// With --policy: the configuration view (network, proxy attachment, tables per org).
+    Status(status::Args),
     /// Remove secrets from stdin and write the result to stdout.
     Scrub(scrub::Args),
     /// Manage the worker's encrypted credentials (add, list, remove, rotate-key).
@@ -43,6 +47,10 @@ pub enum Command {
     InstallBoot(boot::Args),
     /// Mint bearer tokens for chokepoint-api.
     Token(token::Args),
+    /// Bring the whole appliance up (images, keys, configuration, services) or remove it.
+    Appliance(appliance::Args),
+    /// Run a command in a hardened exec container of an org (output scrubbed; exits with its status).
+    Exec(exec::Args),
 }
 
 impl Cli {
@@ -53,11 +61,13 @@ impl Cli {
             Command::Image(args) => image::run(&args),
             Command::Policy(args) => policy::run(&args),
             Command::Reconcile(args) => reconcile::run_reconcile(&args),
-            Command::Status(args) => reconcile::run_status(&args),
+            Command::Status(args) => status::run(&args),
             Command::Scrub(args) => scrub::run(&args),
             Command::Credential(args) => credential::run(&args),
             Command::InstallBoot(args) => boot::run(&args),
             Command::Token(args) => token::run(&args),
+            Command::Appliance(args) => appliance::run(&args),
+            Command::Exec(args) => exec::run(&args),
         }
     }
 }
