@@ -34,8 +34,8 @@ pub mod client;
 pub mod credential;
 pub mod crypto;
 pub mod metrics;
-pub mod refresh;
 pub mod production;
+pub mod refresh;
 pub mod store;
 pub mod tool;
 
