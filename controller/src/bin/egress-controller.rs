@@ -10,7 +10,8 @@
 //!
 //! `egress-controller worker …` runs the worker instead (see `worker::cli`).
 //! With `--worker`, the daemon starts that worker as a supervised child with
-//! its own uid and no capabilities (see `controller::supervise`).
+//! its own uid and no capabilities (see `controller::supervise`); SIGTERM
+//! or SIGINT stops the daemon and its worker with it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -173,6 +174,20 @@ fn writeln_out(msg: &str) -> std::io::Result<()> {
 }
 
 async fn run(args: Args, cfg: Config) -> ExitCode {
+    // Installed before anything starts: SIGTERM (docker stop, systemd) and
+    // SIGINT stop the daemon; returning drops the supervised worker, which
+    // is killed with it (kill_on_drop).
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = writeln_err(&format!("egress-controller: signal handler: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
     if args.worker && !args.once {
         let (uid, gid) = parse_user(&args.worker_user).unwrap_or((65534, 65534));
         let mut wargs = vec![
@@ -308,7 +323,8 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
                     pass("docker_reconnect", docker.clone()).await;
                 }
             },
-            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            _ = int.recv() => return ExitCode::SUCCESS,
+            _ = term.recv() => return ExitCode::SUCCESS,
         }
     }
 }
