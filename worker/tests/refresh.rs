@@ -334,15 +334,17 @@ async fn stuck_lease_is_recovered(s: Arc<dyn Store>) {
     let k = keys();
     let ep = Arc::new(StrictEndpoint::default());
     let c = refreshing_cred(s.as_ref(), &k, &ep).await;
-    // A replica died holding the lease (never released): busy until it expires.
+    // A replica died holding the lease (never released): busy until it
+    // expires. Three seconds, not one: the clock is in whole seconds, so a
+    // one-second lease taken at x.999 has already expired at the next call.
     let now = worker::unix_now();
-    s.acquire_lease(&c.id, "dead", now, now + 1)
+    s.acquire_lease(&c.id, "dead", now, now + 3)
         .await
         .unwrap()
         .unwrap();
     let r = Refresher::new(s.clone(), k.clone(), fake(&ep, 0, 0), cfg());
     assert_eq!(r.refresh(&c.id, c.version).await.unwrap(), Outcome::Busy);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let out = r.refresh(&c.id, c.version).await.unwrap();
         if out == Outcome::Refreshed {
