@@ -1790,15 +1790,41 @@ fn a_request_past_its_deadline_is_cut_and_audited() {
 }
 
 #[test]
-fn compose_keeps_the_admin_listener_on_loopback_with_a_token() {
+fn compose_keeps_the_admin_listener_off_exec_networks_with_a_token() {
+    // The admin port listens on one address: loopback, or the proxy's own
+    // fixed address on the egress network (which no exec container joins),
+    // never on every interface; and it needs a token.
     let text = std::fs::read_to_string(e2e::workspace_root().join("compose.yaml")).unwrap();
-    let admin: SocketAddr = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("- --admin-listen="))
-        .expect("compose.yaml sets --admin-listen")
-        .parse()
-        .unwrap();
-    assert!(admin.ip().is_loopback(), "{admin}");
+    let default = |v: &str| -> String {
+        // `${VAR:-default}` -> default
+        match v.find(":-") {
+            Some(i) if v.starts_with("${") => {
+                let rest = &v[i + 2..];
+                let end = rest.find('}').expect("closing brace");
+                format!("{}{}", &rest[..end], &rest[end + 1..])
+            }
+            _ => v.to_owned(),
+        }
+    };
+    let admin: SocketAddr = default(
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("- --admin-listen="))
+            .expect("compose.yaml sets --admin-listen"),
+    )
+    .parse()
+    .unwrap();
+    assert!(!admin.ip().is_unspecified(), "{admin}");
+    if !admin.ip().is_loopback() {
+        let own = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("ipv4_address: "))
+            .map(default)
+            .any(|a| a == admin.ip().to_string());
+        assert!(
+            own,
+            "{admin} is not the proxy's fixed egress-network address"
+        );
+    }
     assert!(
         text.contains("EGRESS_ADMIN_TOKEN_FILE:"),
         "no admin token file"
