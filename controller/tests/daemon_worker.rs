@@ -28,30 +28,7 @@ const CONTROLLER: &str = env!("CARGO_BIN_EXE_egress-controller");
 const NOBODY: u32 = 65534;
 const SERVICE_TOKEN: &str = "svc-token-daemon-0123456789abcdef";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
-
-/// The `Name:` fields of /proc/PID/status (`None`: no such process).
-fn status(pid: u32) -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect(),
-    )
-}
-
-fn field(st: &[(String, String)], name: &str) -> String {
-    st.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
+use e2e::procstatus::{field, is_root, status};
 
 fn alive(pid: u32) -> bool {
     status(pid).is_some_and(|st| !field(&st, "State").starts_with('Z'))

@@ -20,30 +20,7 @@ use controller::supervise::{WorkerSpec, supervise};
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_egress-controller");
 const NOBODY: u32 = 65534;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
-
-/// `Name:` fields of /proc/PID/status.
-fn status(pid: u32) -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect(),
-    )
-}
-
-fn field(st: &[(String, String)], name: &str) -> String {
-    st.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
+use e2e::procstatus::{field, is_root, status};
 
 /// Children of this test process running `egress-controller worker`.
 fn worker_children() -> Vec<u32> {

@@ -19,6 +19,7 @@
 pub mod dns;
 pub mod origin;
 pub mod pg;
+pub mod procstatus;
 pub mod proxy;
 pub mod startup;
 pub mod tls_origin;
