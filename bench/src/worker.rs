@@ -127,6 +127,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         &token_file,
         dns.addr,
     )?;
+    let worker_pid = proc_.id();
     let _guard = WorkerProc(proc_);
 
     let origin_port = origin.addr.port();
@@ -162,7 +163,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         v.get(i).copied().unwrap_or_default().as_secs_f64() * 1e3
     };
 
-    let tput_direct = {
+    // CPU per request, from the kernel's accounting of each process (exited
+    // threads included): the bench process holds the client, the origin
+    // and the DNS server; the worker process only the worker.
+    let before = (cpu_secs("self")?, cpu_secs(&worker_pid.to_string())?);
+    let (tput_direct, n_direct) = {
         let tls = tls.clone();
         let addr = origin.addr;
         throughput(args, deadline, move || {
@@ -171,7 +176,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         })
         .await?
     };
-    let tput_worker = {
+    let mid = (cpu_secs("self")?, cpu_secs(&worker_pid.to_string())?);
+    let (tput_worker, n_worker) = {
         let (run_id, url, handle) = (run_id.clone(), url.clone(), handle.clone());
         throughput(args, deadline, move || {
             let (run_id, url, handle) = (run_id.clone(), url.clone(), handle.clone());
@@ -179,6 +185,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         })
         .await?
     };
+    let after = (cpu_secs("self")?, cpu_secs(&worker_pid.to_string())?);
+    let per_req = |cpu: f64, n: usize| cpu * 1e6 / n.max(1) as f64;
+    let cpu_direct = per_req(mid.0 - before.0 + mid.1 - before.1, n_direct);
+    let cpu_rest = per_req(after.0 - mid.0, n_worker);
+    let cpu_worker = per_req(after.1 - mid.1, n_worker);
     let scrub_mib_s = scrub_throughput();
 
     let mut out = std::io::stdout().lock();
@@ -203,6 +214,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         out,
         "throughput req/s\n  direct      {tput_direct:9.1}\n  worker      {tput_worker:9.1}\n  ratio       {:9.2}",
         tput_worker / tput_direct
+    )?;
+    writeln!(
+        out,
+        "CPU us/request (throughput phase; 10 ms clock ticks)\n  direct path, all processes       {cpu_direct:7.1}\n  worker path, client+origin+DNS   {cpu_rest:7.1}\n  worker path, worker process      {cpu_worker:7.1}\n  worker path / direct path        {:7.2}x",
+        (cpu_rest + cpu_worker) / cpu_direct
     )?;
     for (what, mib_s) in scrub_mib_s {
         writeln!(out, "scrub 1 MiB response, {what}: {mib_s:.1} MiB/s")?;
@@ -365,8 +381,24 @@ async fn via_worker(api: SocketAddr, run: &str, url: &str, handle: &str) -> anyh
     Ok(())
 }
 
-/// Requests per second with `args.concurrency` in flight.
-async fn throughput<F, Fut>(args: &Args, deadline: Duration, make: F) -> anyhow::Result<f64>
+/// User + system CPU seconds of a process (`self` or a pid), exited
+/// threads included (`/proc/PID/stat` fields 14 and 15, in USER_HZ = 100).
+fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: the fields start after its ')'.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// Requests per second with `args.concurrency` in flight, and the count.
+async fn throughput<F, Fut>(
+    args: &Args,
+    deadline: Duration,
+    make: F,
+) -> anyhow::Result<(f64, usize)>
 where
     F: Fn() -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + 'static,
@@ -395,7 +427,7 @@ where
             anyhow::Ok(total)
         })
         .await?;
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok((total as f64 / started.elapsed().as_secs_f64(), total))
 }
 
 /// A 1 MiB calendar-API-like JSON response with an echo of the token every
