@@ -77,6 +77,8 @@ struct Env {
     origin: TlsOrigin,
     /// A listener on 127.0.0.1 at the origin's port: must never see a connection.
     blocked_hits: Arc<AtomicUsize>,
+    /// A PostgreSQL schema to use as the store instead of SQLite.
+    pg: Option<e2e::pg::PgSchema>,
 }
 
 impl Env {
@@ -144,11 +146,15 @@ impl Env {
             dns,
             origin,
             blocked_hits,
+            pg: None,
         }
     }
 
     fn store(&self) -> String {
-        format!("sqlite:{}", self.db.display())
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite:{}", self.db.display()),
+        }
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -1405,14 +1411,30 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// OAuth refresh on the request path (docs/refresh.md), against the real
-/// worker binary, the strict fake token endpoint served over HTTP on
-/// 127.0.0.2 and an integration origin that accepts a bearer only if the
+/// worker binary on SQLite, the strict fake token endpoint served over HTTP
+/// on 127.0.0.2 and an integration origin that accepts a bearer only if the
 /// endpoint says it is valid (401 otherwise). Access tokens live 6 s.
 #[test]
 fn oauth_refresh_on_the_request_path() {
     if !e2e::require("openssl", have_openssl()) {
         return;
     }
+    oauth_refresh_scenario(None);
+}
+
+/// The same on PostgreSQL.
+#[test]
+fn oauth_refresh_on_the_request_path_postgres() {
+    if !e2e::require("openssl", have_openssl()) {
+        return;
+    }
+    let Some(pg) = e2e::pg::PgSchema::new("worker_e2e_refresh") else {
+        return;
+    };
+    oauth_refresh_scenario(Some(pg));
+}
+
+fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     const LIFETIME: u64 = 6;
     const CLIENT_SECRET: &str = "client-secret-e2e-3f9a7c21";
     let ep = Arc::new(
@@ -1421,7 +1443,8 @@ fn oauth_refresh_on_the_request_path() {
             .with_client("cal-client", CLIENT_SECRET),
     );
     let check = Arc::clone(&ep);
-    let env = Env::with_origin_auth(Arc::new(move |t: &str| check.access_valid(t)));
+    let mut env = Env::with_origin_auth(Arc::new(move |t: &str| check.access_valid(t)));
+    env.pg = pg;
     let (token_url, _server) = ep.serve(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0),
         None,
@@ -1625,6 +1648,8 @@ fn oauth_refresh_on_the_request_path() {
     let audit = w.audit_text();
     assert!(audit.contains("needs_reauth"), "{audit}");
     let stderr = w.stderr.lock().unwrap().join("\n");
+    // The worker logged the refusal (by its code only).
+    assert!(stderr.contains("invalid_grant"), "{stderr}");
     for s in &secrets {
         assert_clean("an answer", &answers, s);
         assert_clean("the audit log", &audit, s);

@@ -203,6 +203,16 @@ where
         Ok(m) => m,
         Err(code) => return code,
     };
+    // Warnings and errors (refresh failures, orphans, store errors) to
+    // stderr; `RUST_LOG` overrides. Never a token, secret or body.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
