@@ -23,7 +23,7 @@ use worker::client::PinnedClient;
 use worker::credential::{self, HeaderTemplate};
 use worker::crypto::Keyring;
 use worker::provider::HttpProvider;
-use worker::refresh::{RefreshConfig, RefreshMaterial, Refresher};
+use worker::refresh::{RefreshConfig, RefreshMaterial, Refresher, Trigger};
 use worker::store::{self, CredentialRecord, RunRecord, Store};
 
 const POLICY: &str = "version: v1\nunsafe_allow_ranges: [127.0.0.2/32]\norgs:\n  acme:\n    integrations:\n      calendar:\n        hosts: [api.calendar-e2e.com]\n";
@@ -167,6 +167,50 @@ async fn due_uses_current_and_refreshes_behind(s: Arc<dyn Store>) {
     assert_eq!(t.ep.calls().len(), 1);
 }
 
+/// Due, with the provider down: requests keep the current token, and
+/// after the failed background refresh no other starts for a while (no
+/// request storm against the provider).
+async fn due_provider_down_backs_off(s: Arc<dyn Store>) {
+    let t = setup(s, "at-still-valid", 80, 100).await;
+    t.ep.fail_next(1000, 503);
+    let refresher = t.broker.refresher().unwrap().clone();
+    let unavailable = || {
+        refresher
+            .stats
+            .outcomes()
+            .iter()
+            .any(|(tr, o, n)| *tr == Trigger::Due && *o == "unavailable" && *n == 1)
+    };
+    let inj = t
+        .broker
+        .resolve(&t.run, &t.handle, worker::unix_now())
+        .await
+        .unwrap();
+    assert_eq!(inj.token.expose_secret(), "at-still-valid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !unavailable() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            refresher.stats.outcomes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tried = t.ep.http_counts().injected_failures;
+    assert_eq!(tried, 3, "one attempt per configured retry");
+    for _ in 0..5 {
+        let inj = t
+            .broker
+            .resolve(&t.run, &t.handle, worker::unix_now())
+            .await
+            .unwrap();
+        assert_eq!(inj.token.expose_secret(), "at-still-valid");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(t.ep.http_counts().injected_failures, tried);
+    assert!(t.ep.calls().is_empty());
+}
+
 /// Expired while another (dead) replica holds the lease: the request waits,
 /// re-reading the row, and refreshes once the lease expires.
 async fn expired_and_busy_waits_for_the_lease(s: Arc<dyn Store>) {
@@ -274,6 +318,11 @@ both!(
     due_uses_current_and_refreshes_behind,
     sqlite_due_uses_current_and_refreshes_behind,
     pg_due_uses_current_and_refreshes_behind
+);
+both!(
+    due_provider_down_backs_off,
+    sqlite_due_provider_down_backs_off,
+    pg_due_provider_down_backs_off
 );
 both!(
     expired_and_busy_waits_for_the_lease,
