@@ -1603,6 +1603,13 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     // invalid_grant, the credential is dead, requests are refused with
     // `needs_reauth` and the gauge counts it.
     assert!(ep.revoke_family_of(&fresh));
+    // A 401 again within 5 s of the last 401-triggered refresh: no provider
+    // call (an endpoint answering 401 cannot make the worker rotate the
+    // token on every request); the 401 comes back as it is.
+    let calls_before = ep.calls().len();
+    let (status, v) = call("401 again");
+    assert_eq!((status, v["status"].as_u64()), (200, Some(401)), "{v}");
+    assert_eq!(ep.calls().len(), calls_before);
     let started = Instant::now();
     loop {
         assert!(

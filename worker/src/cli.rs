@@ -476,3 +476,43 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<WorkerArgs, clap::Error> {
+        let mut args = vec!["worker", "--policy", "p.yaml"];
+        args.extend_from_slice(extra);
+        WorkerArgs::try_parse_from(args)
+    }
+
+    #[test]
+    fn refresh_flags() {
+        let d = parse(&[]).unwrap().refresh_config().unwrap();
+        assert_eq!(d.lease_secs, 30);
+        assert_eq!(d.call_deadline, Duration::from_secs(20));
+        let short = parse(&["--refresh-lease-secs", "5", "--refresh-deadline-ms", "3000"])
+            .unwrap()
+            .refresh_config()
+            .unwrap();
+        assert_eq!(
+            (short.lease_secs, short.call_deadline),
+            (5, Duration::from_millis(3000))
+        );
+        // The deadline must be shorter than the lease.
+        let e = parse(&["--refresh-lease-secs", "5", "--refresh-deadline-ms", "5000"])
+            .unwrap()
+            .refresh_config()
+            .unwrap_err();
+        assert!(e.contains("--refresh-deadline-ms"), "{e}");
+        for bad in [
+            &["--refresh-lease-secs", "1"][..],
+            &["--refresh-lease-secs", "-3"],
+            &["--refresh-deadline-ms", "10"],
+            &["--refresh-lease-secs", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
