@@ -141,7 +141,81 @@ pub struct RefreshStats {
     pub orphans: std::sync::atomic::AtomicU64,
     /// Commits done.
     pub refreshed: std::sync::atomic::AtomicU64,
+    /// Refreshes asked for by the request path, by (trigger, outcome).
+    by_outcome: std::sync::Mutex<HashMap<(Trigger, &'static str), u64>>,
 }
+
+impl RefreshStats {
+    /// Refreshes asked for by the request path so far, by (trigger, outcome
+    /// label: [`Outcome::as_str`] or `error`).
+    pub fn outcomes(&self) -> Vec<(Trigger, &'static str, u64)> {
+        match self.by_outcome.lock() {
+            Ok(m) => m.iter().map(|((t, o), n)| (*t, *o, *n)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn count(&self, trigger: Trigger, outcome: &'static str) {
+        if let Ok(mut m) = self.by_outcome.lock() {
+            *m.entry((trigger, outcome)).or_default() += 1;
+        }
+    }
+}
+
+/// Why the request path asked for a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Three quarters of the access token's lifetime passed (`due`); the
+    /// current token is still used meanwhile (background).
+    Due,
+    /// The access token expired (or there is none yet): the request waits.
+    Expired,
+    /// The integration answered 401 to the current token.
+    Unauthorized,
+}
+
+impl Trigger {
+    /// Every trigger.
+    pub const ALL: [Trigger; 3] = [Trigger::Due, Trigger::Expired, Trigger::Unauthorized];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Due => "due",
+            Trigger::Expired => "expired",
+            Trigger::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Refreshed,
+        Outcome::Recovered,
+        Outcome::AlreadyFresh,
+        Outcome::Busy,
+        Outcome::Orphaned,
+        Outcome::Unavailable,
+        Outcome::NeedsReauth,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refreshed => "refreshed",
+            Outcome::Recovered => "recovered",
+            Outcome::AlreadyFresh => "already_fresh",
+            Outcome::Busy => "busy",
+            Outcome::Orphaned => "orphaned",
+            Outcome::Unavailable => "unavailable",
+            Outcome::NeedsReauth => "needs_reauth",
+        }
+    }
+}
+
+/// The outcome label of a refresh that returned an error.
+pub const ERROR_OUTCOME: &str = "error";
 
 /// Whether `c` is due for a refresh at `now`: three quarters of its
 /// lifetime (from its last update to its expiry) have passed.
@@ -162,8 +236,52 @@ pub struct Refresher {
     provider: Arc<dyn Provider>,
     cfg: RefreshConfig,
     flights: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Background refreshes: `None` while one runs, `Some(t)`: none before
+    /// `t` (after one that changed nothing).
+    background: std::sync::Mutex<HashMap<String, Option<std::time::Instant>>>,
     /// Counters.
     pub stats: Arc<RefreshStats>,
+}
+
+/// After a background refresh that changed nothing (another replica holds
+/// the lease, the provider is down), no other starts for this long: the
+/// current token is still valid, and requests must not hammer the store or
+/// the provider.
+const BACKGROUND_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// Clears a credential's background entry if its task ends without
+/// recording an outcome (a panic).
+struct BackgroundSlot {
+    refresher: Arc<Refresher>,
+    id: String,
+    done: bool,
+}
+
+impl BackgroundSlot {
+    fn finish(mut self, cooldown: Option<Duration>) {
+        if let Ok(mut b) = self.refresher.background.lock() {
+            match cooldown {
+                Some(d) => {
+                    b.insert(self.id.clone(), Some(std::time::Instant::now() + d));
+                }
+                None => {
+                    b.remove(&self.id);
+                }
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for BackgroundSlot {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(mut b) = self.refresher.background.lock() {
+            b.remove(&self.id);
+        }
+    }
 }
 
 fn store_err(e: StoreError) -> ProviderError {
@@ -223,11 +341,86 @@ impl Refresher {
             provider,
             cfg,
             flights: std::sync::Mutex::new(HashMap::new()),
+            background: std::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(RefreshStats::default()),
         }
     }
 
+    /// The timing this refresher runs with.
+    pub fn config(&self) -> RefreshConfig {
+        self.cfg
+    }
+
+    /// [`Refresher::refresh`], counted under `trigger` in the stats.
+    pub async fn refresh_for(
+        &self,
+        trigger: Trigger,
+        id: &str,
+        seen_version: i64,
+    ) -> Result<Outcome, ProviderError> {
+        let r = self.refresh(id, seen_version).await;
+        self.stats.count(
+            trigger,
+            match &r {
+                Ok(o) => o.as_str(),
+                Err(_) => ERROR_OUTCOME,
+            },
+        );
+        r
+    }
+
+    /// Start a refresh of `id` in the background (the caller keeps using
+    /// its current token), unless one started here is still running or one
+    /// that changed nothing ended less than `BACKGROUND_COOLDOWN` ago.
+    pub fn spawn_refresh(self: &Arc<Self>, trigger: Trigger, id: &str, seen_version: i64) {
+        match self.background.lock() {
+            Ok(mut b) => {
+                let now = std::time::Instant::now();
+                match b.get(id) {
+                    Some(None) => return,
+                    Some(Some(until)) if now < *until => return,
+                    _ => {}
+                }
+                if b.len() >= 4096 {
+                    b.retain(|_, v| v.is_none_or(|until| now < until));
+                }
+                b.insert(id.to_owned(), None);
+            }
+            Err(_) => return,
+        }
+        let slot = BackgroundSlot {
+            refresher: self.clone(),
+            id: id.to_owned(),
+            done: false,
+        };
+        tokio::spawn(async move {
+            let r = slot
+                .refresher
+                .refresh_for(trigger, &slot.id, seen_version)
+                .await;
+            let cooldown = match &r {
+                Ok(
+                    Outcome::Refreshed
+                    | Outcome::Recovered
+                    | Outcome::AlreadyFresh
+                    | Outcome::NeedsReauth,
+                ) => None,
+                Ok(Outcome::Busy | Outcome::Orphaned | Outcome::Unavailable) => {
+                    Some(BACKGROUND_COOLDOWN)
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %slot.id, error = %e, "background refresh failed");
+                    Some(BACKGROUND_COOLDOWN)
+                }
+            };
+            slot.finish(cooldown);
+        });
+    }
+
     /// Refresh credential `id`, which the caller saw at `seen_version`.
+    ///
+    /// Cancel-safe: once the lease is taken, the provider call and the
+    /// commit run in their own task, which a dropped caller does not stop.
     pub async fn refresh(&self, id: &str, seen_version: i64) -> Result<Outcome, ProviderError> {
         let flight = match self.flights.lock() {
             Ok(mut f) => f.entry(id.to_owned()).or_default().clone(),
