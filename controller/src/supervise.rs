@@ -59,6 +59,9 @@ impl WorkerSpec {
         let program = std::env::current_exe()?;
         let mut all = vec![OsString::from("worker")];
         all.extend(args);
+        // The worker exits when the pipe we hold on its stdin closes: a
+        // SIGKILLed supervisor never leaves it serving alone.
+        all.push(OsString::from("--exit-with-parent"));
         let env = PASSED_ENV
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
@@ -100,7 +103,7 @@ pub async fn supervise(spec: WorkerSpec) -> std::io::Result<()> {
             .uid(spec.uid)
             .gid(spec.gid)
             .current_dir("/")
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .kill_on_drop(true);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
@@ -114,6 +117,8 @@ pub async fn supervise(spec: WorkerSpec) -> std::io::Result<()> {
             }
         };
         first = false;
+        // Held (never written) until the worker exits; our death closes it.
+        let parent_pipe = child.stdin.take();
         line(&serde_json::json!({
             "event": "worker_started",
             "pid": child.id(),
@@ -121,6 +126,7 @@ pub async fn supervise(spec: WorkerSpec) -> std::io::Result<()> {
             "gid": spec.gid,
         }));
         let status = child.wait().await;
+        drop(parent_pipe);
         let lived = started.elapsed();
         line(&serde_json::json!({
             "event": "worker_exited",

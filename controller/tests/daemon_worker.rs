@@ -205,15 +205,16 @@ fn assert_api(sock: &Path) {
     assert_eq!(code, 204, "{body}");
 }
 
-#[test]
-fn daemon_supervises_worker_without_docker() {
+/// The daemon with `--worker` in a network namespace of its own, its files
+/// in a fresh directory; `None` when the test must skip.
+fn start_daemon(tag: &str) -> Option<(Guard, PathBuf, PathBuf)> {
     if !e2e::require(
         "root and unshare (to run the daemon in its own netns and the worker as another uid)",
         is_root() && e2e::have_tool("unshare"),
     ) {
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("chokepoint-daemon-worker-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("chokepoint-daemon-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let policy = dir.join("policy.yaml");
@@ -271,11 +272,22 @@ fn daemon_supervises_worker_without_docker() {
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let daemon_pid = daemon.id();
-    let mut guard = Guard {
-        daemon,
-        dir: dir.clone(),
+    Some((
+        Guard {
+            daemon,
+            dir: dir.clone(),
+        },
+        dir,
+        sock,
+    ))
+}
+
+#[test]
+fn daemon_supervises_worker_without_docker() {
+    let Some((mut guard, dir, sock)) = start_daemon("worker") else {
+        return;
     };
+    let daemon_pid = guard.daemon.id();
     let logs = || {
         format!(
             "stdout:\n{}\nstderr:\n{}",
@@ -341,6 +353,37 @@ fn daemon_supervises_worker_without_docker() {
         assert!(Instant::now() < deadline, "the worker outlived the daemon");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        processes_using(&dir).is_empty(),
+        "something still runs from the test directory"
+    );
+}
+
+#[test]
+fn a_killed_daemon_takes_its_worker_along() {
+    // SIGKILL leaves the daemon no chance to stop its child: the worker
+    // sees the pipe it holds on its stdin close and stops by itself.
+    let Some((mut guard, dir, sock)) = start_daemon("killed") else {
+        return;
+    };
+    let daemon_pid = guard.daemon.id();
+    let worker = wait_for_worker(daemon_pid, None);
+    wait_healthy(&sock);
+    kill("-KILL", daemon_pid);
+    let _ = guard.daemon.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(worker) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker outlived its SIGKILLed daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default();
+    assert!(
+        err.contains("the supervisor's pipe closed"),
+        "the worker did not say why it stopped:\n{err}"
+    );
     assert!(
         processes_using(&dir).is_empty(),
         "something still runs from the test directory"

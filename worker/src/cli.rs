@@ -75,6 +75,11 @@ pub struct WorkerArgs {
     /// Validate the configuration and the keys, then exit.
     #[arg(long)]
     pub check: bool,
+    /// Standard input is a pipe held by the supervisor: exit when it
+    /// closes, so a supervisor that dies (even by SIGKILL) never leaves an
+    /// orphaned worker serving. Set by `egress-controller --worker`.
+    #[arg(long = "exit-with-parent")]
+    pub exit_with_parent: bool,
 }
 
 impl WorkerArgs {
@@ -355,6 +360,10 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
             }
         })
     };
+    let parent_gone = Arc::new(tokio::sync::Notify::new());
+    if args.exit_with_parent {
+        watch_parent(parent_gone.clone());
+    }
     let code = match listen {
         Listen::Tcp(addr) => match TcpListener::bind(addr).await {
             Ok(l) => {
@@ -362,7 +371,7 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
                     "listening on {}",
                     l.local_addr().map_or(addr, |a| a)
                 ));
-                serve_tcp(l, app).await
+                serve_tcp(l, app, parent_gone).await
             }
             Err(e) => {
                 say(&format!("cannot listen on {addr}: {e}"));
@@ -372,7 +381,7 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
         Listen::Unix(path) => match bind_unix(&path) {
             Ok(l) => {
                 say(&format!("listening on unix:{}", path.display()));
-                serve_unix(l, app).await
+                serve_unix(l, app, parent_gone).await
             }
             Err(e) => {
                 say(&format!("cannot listen on unix:{}: {e}", path.display()));
@@ -433,7 +442,11 @@ where
     });
 }
 
-async fn serve_tcp(l: TcpListener, app: Arc<App>) -> ExitCode {
+async fn serve_tcp(
+    l: TcpListener,
+    app: Arc<App>,
+    parent_gone: Arc<tokio::sync::Notify>,
+) -> ExitCode {
     loop {
         tokio::select! {
             acc = l.accept() => match acc {
@@ -446,12 +459,16 @@ async fn serve_tcp(l: TcpListener, app: Arc<App>) -> ExitCode {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown() => return ExitCode::SUCCESS,
+            _ = shutdown(&parent_gone) => return ExitCode::SUCCESS,
         }
     }
 }
 
-async fn serve_unix(l: UnixListener, app: Arc<App>) -> ExitCode {
+async fn serve_unix(
+    l: UnixListener,
+    app: Arc<App>,
+    parent_gone: Arc<tokio::sync::Notify>,
+) -> ExitCode {
     loop {
         tokio::select! {
             acc = l.accept() => match acc {
@@ -461,12 +478,40 @@ async fn serve_unix(l: UnixListener, app: Arc<App>) -> ExitCode {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown() => return ExitCode::SUCCESS,
+            _ = shutdown(&parent_gone) => return ExitCode::SUCCESS,
         }
     }
 }
 
-async fn shutdown() {
+/// Read standard input (the supervisor's pipe) until it closes, then wake
+/// [`shutdown`]. A blocking thread: stdin may not be pollable.
+fn watch_parent(gone: Arc<tokio::sync::Notify>) {
+    let spawned = std::thread::Builder::new()
+        .name("parent-pipe".to_owned())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            say("the supervisor's pipe closed (it exited or was killed): stopping");
+            // A stored permit: wakes the next `notified()` even if none waits now.
+            gone.notify_one();
+        });
+    if let Err(e) = spawned {
+        // Without the watch the worker could outlive its supervisor: refuse.
+        say(&format!("cannot watch the supervisor's pipe: {e}"));
+        std::process::exit(70);
+    }
+}
+
+async fn shutdown(parent_gone: &tokio::sync::Notify) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(_) => return std::future::pending().await,
@@ -474,6 +519,7 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+        _ = parent_gone.notified() => {},
     }
 }
 
