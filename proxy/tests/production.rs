@@ -177,6 +177,18 @@ fn development_starts_with_the_warning() {
         ("dev_unset", Gap::None, None, None),
         ("dev_explicit", Gap::None, Some("development"), None),
         (
+            "dev_no_policy_file",
+            Gap::NoPolicyFile,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
+            "dev_empty_policy",
+            Gap::EmptyPolicy,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
             "dev_no_org",
             Gap::NoOrg,
             None,
@@ -227,6 +239,13 @@ fn development_starts_with_the_warning() {
                 let resp = get(r.addr("admin="), "/readyz").expect("readyz answers");
                 let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
                 assert_eq!(v["mode"], "development", "{name}");
+                if matches!(gap, Gap::NoPolicyFile | Gap::EmptyPolicy) {
+                    assert!(
+                        r.stderr.contains("starting with an empty policy"),
+                        "{name}: {}",
+                        r.stderr
+                    );
+                }
             })
         })
         .collect();
