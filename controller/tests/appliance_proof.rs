@@ -238,6 +238,17 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         "{v:#}"
     );
 
+    // The API's metrics: on its own port of its egress-network address
+    // (plain HTTP, not the TLS port), in the exposition format.
+    let m = Command::new("curl")
+        .args(["-s", "-m", "5", "http://10.240.255.3:9092/metrics"])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("chokepoint_api_requests_total{"), "{m}");
+    assert!(m.contains("chokepoint_api_websocket_sessions 0"), "{m}");
+    e2e::promtool::check_metrics(&m);
+
     // 2b. A second org added to the policy: the controller picks it up on
     // its next pass (network, rules, the proxy's policy reloaded), and the
     // two orgs' canaries cannot reach each other.
