@@ -221,7 +221,9 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
     if let Err(code) = crate::production::gate(mode, &args).await {
         return code;
     }
-    let dev = !mode.is_production();
+    // Development puts closed substitutes in place of missing parts; never
+    // under --check, which validates what is configured (exit 64 if not).
+    let dev = !mode.is_production() && !args.check;
     let policy = if dev && mode::policy_file_absent_or_empty(&args.policy) {
         // Development only: no policy yet is an empty one (no org: every
         // tool request is denied). The worker reads it at start: restart
