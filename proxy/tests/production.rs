@@ -217,7 +217,7 @@ fn development_starts_with_the_warning() {
         .into_iter()
         .map(|(name, gap, env, warned)| {
             std::thread::spawn(move || {
-                let (s, _dir) = start(name, gap, env);
+                let (s, dir) = start(name, gap, env);
                 let Started::Running(r) = s else {
                     panic!("{name}: development did not start: {s:?}");
                 };
@@ -245,6 +245,28 @@ fn development_starts_with_the_warning() {
                         "{name}: {}",
                         r.stderr
                     );
+                    // No org in force: every request is denied.
+                    let resp = e2e::proxy_request(
+                        r.addr("listen="),
+                        "GET",
+                        "http://example.com/",
+                        "",
+                    );
+                    assert_eq!(resp.status, 403, "{name}: {}", resp.text());
+                    assert_eq!(
+                        resp.header("x-egress-error"),
+                        Some("unknown_client"),
+                        "{name}"
+                    );
+                    // Written and reloaded, the policy is in force.
+                    std::fs::write(dir.0.join("policy.yaml"), GOOD_POLICY).unwrap();
+                    let req = format!(
+                        "POST /reload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {GOOD_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let resp =
+                        e2e::send_raw(r.addr("admin="), req.as_bytes(), Duration::from_secs(5))
+                            .unwrap();
+                    assert_eq!(resp.status, 200, "{name}: {}", resp.text());
                 }
             })
         })
