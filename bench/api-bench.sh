@@ -56,7 +56,7 @@ openssl rand -base64 32 > "$TMP/service.token"
 start_api() {
     rm -f "$TMP"/api.db*
     CHOKEPOINT_API_KEY_FILE=$TMP/hs.b64 CHOKEPOINT_API_SERVICE_TOKEN_FILE=$TMP/service.token RUST_LOG=warn \
-        "$API" --listen "127.0.0.1:$PORT" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
+        "$API" --listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
         --store "sqlite:$TMP/api.db" --issuer bench --audience bench \
         --max-connections 20000 --rate-per-user 1000 --burst-per-user 1000 2> "$TMP/api.log" &
     API_PID=$!

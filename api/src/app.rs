@@ -77,10 +77,11 @@ pub struct AppState {
     /// [`DEPENDENCY_CHECK_EVERY`]); while false every `/v1/` call is
     /// refused with `dependency_unavailable`.
     pub dependencies_ok: std::sync::atomic::AtomicBool,
-    /// Calls refused with `dependency_unavailable` since start (the
-    /// metric `chokepoint_api_requests_refused_total{reason="dependency_unavailable"}`
-    /// when the API exports metrics).
+    /// Calls refused with `dependency_unavailable` since start (also
+    /// counted in `chokepoint_api_requests_total{status="503",reason="dependency_unavailable"}`).
     pub dependency_refusals: std::sync::atomic::AtomicU64,
+    /// The API's Prometheus metrics (served on `--metrics-listen`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// How often the API re-checks its store and the worker.
@@ -218,8 +219,33 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // For `chokepoint_api_requests_total{reason}`: the same string as
+        // the body's `error`.
+        resp.extensions_mut().insert(ErrorCode(code));
         resp
     }
+}
+
+/// The `error` string of an answer made from an [`ApiError`] (a response
+/// extension, read by the request counter).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// Count every answer in `chokepoint_api_requests_total{status,reason}`.
+async fn count_requests(
+    State(state): State<SharedState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let reason = match resp.extensions().get::<ErrorCode>() {
+        Some(&ErrorCode(code)) => code,
+        None if status.is_client_error() || status.is_server_error() => "rejected",
+        None => "ok",
+    };
+    state.metrics.answered(status, reason);
+    resp
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -245,22 +271,34 @@ async fn verify_user(state: &AppState, headers: &HeaderMap) -> Result<Claims, Ap
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or(ApiError::Unauthorized(token_message(TokenError::Missing)))?;
-    let claims = state.verifier.verify(token, now_secs()).map_err(|e| {
-        tracing::info!(reason = %e, "token refused");
-        ApiError::Unauthorized(token_message(e))
-    })?;
+        .and_then(bearer);
+    let Some(token) = token else {
+        return Err(refuse_token(state, TokenError::Missing));
+    };
+    let claims = state
+        .verifier
+        .verify(token, now_secs())
+        .map_err(|e| refuse_token(state, e))?;
     let iat = i64::try_from(claims.iat).unwrap_or(i64::MAX);
     if state
         .store
         .is_revoked(&claims.org, &claims.sub, iat)
         .await?
     {
-        tracing::info!(reason = %TokenError::Revoked, "token refused");
-        return Err(ApiError::Unauthorized(token_message(TokenError::Revoked)));
+        return Err(refuse_token(state, TokenError::Revoked));
     }
     Ok(claims)
+}
+
+/// Log and count a refused credential (one reason string for both).
+pub fn refused(state: &AppState, why: crate::metrics::AuthRefusal) {
+    tracing::info!(reason = why.as_str(), "credential refused");
+    state.metrics.auth_refused(why);
+}
+
+fn refuse_token(state: &AppState, e: TokenError) -> ApiError {
+    refused(state, crate::metrics::AuthRefusal::Token(e));
+    ApiError::Unauthorized(token_message(e))
 }
 
 impl FromRequestParts<SharedState> for User {
@@ -292,7 +330,10 @@ impl FromRequestParts<SharedState> for Service {
             .and_then(bearer);
         match (&state.service, presented) {
             (Some(token), Some(p)) if token.matches(p) => Ok(Service),
-            _ => Err(ApiError::Unauthorized("service token required")),
+            _ => {
+                refused(state, crate::metrics::AuthRefusal::ServiceToken);
+                Err(ApiError::Unauthorized("service token required"))
+            }
         }
     }
 }
@@ -374,7 +415,43 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::middleware::from_fn(refuse_query))
         .layer(DefaultBodyLimit::max(MAX_BODY + 4096))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
+}
+
+/// The metrics listener's router: `GET /metrics` only (plain HTTP, on
+/// `--metrics-listen`, never the public TLS port).
+pub fn metrics_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    let m = &state.metrics;
+    m.sessions
+        .set(i64::try_from(state.sessions.len()).unwrap_or(i64::MAX));
+    m.queue_depth.set(match state.store.queue_depth().await {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Err(e) => {
+            tracing::warn!(error = %e, "queue depth: store error");
+            -1
+        }
+    });
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -526,7 +603,10 @@ fn origin(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 fn check_origin(state: &AppState, origin: Option<&str>) -> Result<(), ApiError> {
     match origin {
-        Some(o) if !state.origins.contains(o) => Err(ApiError::Forbidden("origin not allowed")),
+        Some(o) if !state.origins.contains(o) => {
+            refused(state, crate::metrics::AuthRefusal::OriginNotAllowed);
+            Err(ApiError::Forbidden("origin not allowed"))
+        }
         _ => Ok(()),
     }
 }
@@ -612,34 +692,44 @@ async fn upgrade(
         .iter()
         .find_map(|p| p.strip_prefix(TICKET_PREFIX))
         .map(str::to_owned);
+    use crate::metrics::AuthRefusal;
     let (sub, org, token_exp, token_iat) = match ticket {
         Some(ticket) => {
             if !protocols.iter().any(|p| p == PROTOCOL) {
+                refused(&state, AuthRefusal::TicketWithoutProtocol);
                 return Err(ApiError::Unauthorized(
                     "offer chokepoint.v1 with the ticket",
                 ));
             }
-            let t = state
+            let Some(t) = state
                 .store
                 .consume_ticket(&sha256(ticket.as_bytes()), now_ms())
                 .await?
-                .ok_or(ApiError::Unauthorized("invalid ticket"))?;
+            else {
+                refused(&state, AuthRefusal::InvalidTicket);
+                return Err(ApiError::Unauthorized("invalid ticket"));
+            };
             if t.conversation != id {
+                refused(&state, AuthRefusal::TicketOtherConversation);
                 return Err(ApiError::Forbidden("ticket is for another conversation"));
             }
             if t.origin != origin {
+                refused(&state, AuthRefusal::TicketOtherOrigin);
                 return Err(ApiError::Forbidden("ticket is for another origin"));
             }
             if t.token_exp <= i64::try_from(now_secs()).unwrap_or(i64::MAX) {
+                refused(&state, AuthRefusal::Token(TokenError::Expired));
                 return Err(ApiError::Unauthorized("invalid token"));
             }
             if state.store.is_revoked(&t.org, &t.sub, t.token_iat).await? {
+                refused(&state, AuthRefusal::Token(TokenError::Revoked));
                 return Err(ApiError::Unauthorized("token revoked"));
             }
             (t.sub, t.org, t.token_exp, t.token_iat)
         }
         None => {
             if origin.is_some() {
+                refused(&state, AuthRefusal::TicketRequired);
                 return Err(ApiError::Forbidden(
                     "browsers connect with a ticket (POST /v1/ws-ticket)",
                 ));
@@ -657,7 +747,10 @@ async fn upgrade(
     // conversation and a missing one get the same 403.
     match state.store.conversation(&id).await? {
         Some(c) if c.org == org => {}
-        _ => return Err(ApiError::Forbidden("not allowed")),
+        _ => {
+            refused(&state, AuthRefusal::ConversationNotAllowed);
+            return Err(ApiError::Forbidden("not allowed"));
+        }
     }
     let permit = state
         .socket_slots

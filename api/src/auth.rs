@@ -107,6 +107,25 @@ pub enum TokenError {
     Revoked,
 }
 
+impl TokenError {
+    /// The reason as logged and as the `reason` label of
+    /// `chokepoint_api_auth_refusals_total` (snake_case, fixed).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing_token",
+            TokenError::Malformed => "malformed_token",
+            TokenError::Algorithm => "wrong_algorithm",
+            TokenError::Signature => "bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::Audience => "wrong_audience",
+            TokenError::Issuer => "wrong_issuer",
+            TokenError::Claims => "missing_claim",
+            TokenError::Revoked => "token_revoked",
+        }
+    }
+}
+
 /// Verifies bearer JWTs with one pinned algorithm and key.
 pub struct Verifier {
     alg: Algorithm,

@@ -62,6 +62,11 @@ pub struct Args {
     /// while serving.
     #[arg(long, value_name = "ADDR")]
     pub worker: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) here: never
+    /// the public TLS port; keep it on a network only Prometheus reaches
+    /// (the appliance binds it to the API's address on the egress network).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9092")]
+    pub metrics_listen: SocketAddr,
     /// Check the configuration (keys, certificate, store) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -96,6 +101,14 @@ pub enum ConfigError {
     /// A zero limit.
     #[error("--{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// The OS random number generator failed.
+    #[error("the OS random number generator failed")]
+    Random,
+    /// The metrics listener on the API's own address and port.
+    #[error(
+        "--metrics-listen {0} is the same address as --listen: metrics are plain HTTP and must not share the API's port; pick another port (default 127.0.0.1:9092)"
+    )]
+    MetricsOnApiPort(SocketAddr),
 }
 
 /// The checked configuration.
@@ -122,6 +135,26 @@ pub struct Config {
     pub mode: mode::Mode,
     /// The worker's address (`--worker`), probed by `/readyz`.
     pub worker: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: SocketAddr,
+}
+
+/// A verifier for a random HS256 secret held only here (development
+/// without a key file): no token verifies.
+fn ephemeral_verifier(issuer: &str, audience: &str) -> Result<Verifier, ConfigError> {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut raw = zeroize::Zeroizing::new([0u8; 48]);
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw[..])
+        .map_err(|_| ConfigError::Random)?;
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]));
+    Ok(Verifier::from_bytes(
+        b64.as_bytes(),
+        "ephemeral development key",
+        issuer,
+        audience,
+    )?)
 }
 
 fn valid_origin(o: &str) -> bool {
@@ -134,10 +167,14 @@ fn valid_origin(o: &str) -> bool {
 }
 
 impl Config {
-    /// Check `args` and the environment (`env` looks a variable up).
+    /// Check `args` and the environment (`env` looks a variable up) for
+    /// `mode`. In development only, no `CHOKEPOINT_API_KEY_FILE` is an
+    /// ephemeral random HS256 key nobody holds (every token is refused:
+    /// the server runs, nobody gets in); production refused it already.
     pub fn from_args(
         args: &Args,
         env: impl Fn(&str) -> Option<String>,
+        mode: mode::Mode,
     ) -> Result<Config, ConfigError> {
         if args.issuer.is_empty() || args.audience.is_empty() {
             return Err(ConfigError::EmptyClaim);
@@ -156,18 +193,23 @@ impl Config {
                 return Err(ConfigError::BadOrigin(o.clone()));
             }
         }
-        let key_file =
-            env(KEY_FILE_ENV)
-                .filter(|s| !s.is_empty())
-                .ok_or(ConfigError::MissingEnv(
+        if args.metrics_listen.port() != 0 && args.metrics_listen == args.listen {
+            return Err(ConfigError::MetricsOnApiPort(args.metrics_listen));
+        }
+        let verifier = match env(KEY_FILE_ENV).filter(|s| !s.is_empty()) {
+            Some(key_file) => Verifier::from_file(
+                std::path::Path::new(&key_file),
+                &args.issuer,
+                &args.audience,
+            )?,
+            None if !mode.is_production() => ephemeral_verifier(&args.issuer, &args.audience)?,
+            None => {
+                return Err(ConfigError::MissingEnv(
                     KEY_FILE_ENV,
                     "an Ed25519 public key (PEM) or an HS256 secret (base64, >= 32 bytes)",
-                ))?;
-        let verifier = Verifier::from_file(
-            std::path::Path::new(&key_file),
-            &args.issuer,
-            &args.audience,
-        )?;
+                ));
+            }
+        };
         let service = match env(SERVICE_TOKEN_FILE_ENV).filter(|s| !s.is_empty()) {
             Some(p) => Some(ServiceToken::from_file(std::path::Path::new(&p))?),
             None => None,
@@ -190,8 +232,9 @@ impl Config {
             service,
             max_connections: args.max_connections,
             rate: (args.rate_per_user, args.burst_per_user),
-            mode: mode::Mode::Development,
+            mode,
             worker: args.worker.clone(),
+            metrics_listen: args.metrics_listen,
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod frames;
 pub mod hub;
+pub mod metrics;
 pub mod production;
 pub mod ratelimit;
 pub mod server;
@@ -41,6 +42,9 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let store = store::open(&config.store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--metrics-listen {}: {e}", config.metrics_listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(app::AppState {
         store,
@@ -56,6 +60,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         worker: config.worker,
         dependencies_ok: std::sync::atomic::AtomicBool::new(true),
         dependency_refusals: std::sync::atomic::AtomicU64::new(0),
+        metrics: metrics::Metrics::new()?,
     });
     let watcher = {
         let state = state.clone();
@@ -76,7 +81,19 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         alg = ?state.verifier.algorithm(),
         "chokepoint-api listening"
     );
+    // Its own line: the tests read `listen=` from the one above.
+    tracing::info!(
+        metrics_addr = %metrics_listener.local_addr()?,
+        "chokepoint-api metrics (plain HTTP, GET /metrics)"
+    );
     let router = app::router(state.clone());
+    let metrics_server = tokio::spawn(server::serve(
+        metrics_listener,
+        None,
+        app::metrics_router(state.clone()),
+        64,
+        stop_rx.clone(),
+    ));
     let server = tokio::spawn(server::serve(
         listener,
         config.tls,
@@ -88,6 +105,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = metrics_server.await;
     watcher.abort();
     // Give open sockets a moment to send their 1001.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);

@@ -148,6 +148,8 @@ pub trait Store: Send + Sync {
     async fn claim(&self, now: i64, lease_ms: i64) -> Result<Option<Claimed>, StoreError>;
     /// Ack a leased message.
     async fn ack(&self, id: &str, now: i64) -> Result<AckOutcome, StoreError>;
+    /// Messages in the queue not yet acked (leased or not).
+    async fn queue_depth(&self) -> Result<u64, StoreError>;
 
     /// Append an event (already scrubbed JSON text); its sequence number.
     async fn append_event(
@@ -390,6 +392,14 @@ impl Store for SqliteStore {
             }
         }
         Err(StoreError::Contention("queue claim"))
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM queue WHERE acked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn ack(&self, id: &str, now: i64) -> Result<AckOutcome, StoreError> {

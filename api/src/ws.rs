@@ -258,6 +258,7 @@ async fn enqueue(
     // ack follows the commit.
     state.store.enqueue(&m).await.map_err(|e| {
         tracing::error!(error = %e, "enqueue failed");
+        state.metrics.queue_write_errors.inc();
         Close::new(close::INTERNAL, "store unavailable")
     })?;
     push(out, ServerFrame::Ack { id: &m.client_id }.to_text().into())

@@ -98,7 +98,8 @@ fn command(keys: &Keys, gaps: &[Gap], env: Option<&str>, worker: SocketAddr) -> 
     // base64 of "changeme-changeme-changeme-12345" (32 bytes): a placeholder.
     std::fs::write(&weak_hs, "Y2hhbmdlbWUtY2hhbmdlbWUtY2hhbmdlbWUtMTIzNDU=\n").unwrap();
     let mut cmd = Command::new(bin());
-    cmd.args(["--listen", "127.0.0.1:0", "--store"])
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--store")
         .arg(format!(
             "sqlite:{}",
             dir.join(format!("api-{n}.db")).display()
@@ -241,6 +242,7 @@ fn development_starts_with_the_warning() {
         (Gap::NoWorkerFlag, None, "api_without_tls"),
         (Gap::ShippedServiceToken, None, "default_secret_key"),
         (Gap::WeakHsSecret, None, "default_secret_key"),
+        (Gap::NoKeyFile, None, "missing_auth_token"),
     ] {
         let mut cmd = command(&keys, &[Gap::NoTls, gap], env, worker.addr);
         let s = e2e::startup::start_or_exit(&mut cmd, "listen=", Duration::from_secs(20));
@@ -263,5 +265,23 @@ fn development_starts_with_the_warning() {
         let resp = e2e::startup::get(r.addr("listen="), "/readyz").expect("readyz answers");
         let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(v["mode"], "development", "{gap:?}");
+        if gap == Gap::NoKeyFile {
+            // An ephemeral key nobody holds: loudly warned, and a token
+            // signed with the real key is refused (fail closed).
+            assert!(
+                r.stderr.contains(
+                    "chokepoint-api: warning: development: CHOKEPOINT_API_KEY_FILE is not set: using an ephemeral token key"
+                ),
+                "{}",
+                r.stderr
+            );
+            let token = keys.token("acme", "alice", 600);
+            let req = format!(
+                "POST /v1/conversations HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            );
+            let resp = e2e::send_raw(r.addr("listen="), req.as_bytes(), Duration::from_secs(5))
+                .expect("answers");
+            assert_eq!(resp.status, 401, "{}", resp.text());
+        }
     }
 }

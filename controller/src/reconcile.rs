@@ -298,6 +298,22 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// After a pass: the live nft tables exist and equal what this pass
+/// rendered and applied (the networks and subnets the state records, the
+/// fingerprint read back after the apply). The production check of the
+/// daemon (`egress_proxy_down`: "… or the nft tables are absent").
+pub fn verify_tables(cfg: &Config) -> Result<(), String> {
+    let state = State::load(&cfg.state_dir);
+    let nets: Vec<OrgNetwork> = state
+        .subnets
+        .iter()
+        .filter_map(|(org, subnet)| network::org_network(org, *subnet))
+        .filter(|n| state.networks.contains(&n.name))
+        .collect();
+    cfg.firewall
+        .verify(&firewall_plan(cfg, &nets), &state.fingerprint)
+}
+
 /// One reconcile pass. `docker` is `None` when the daemon cannot be
 /// reached: the rules are still applied (from the recorded subnets) and the
 /// Docker steps are reported as failed. `Err` only when the rules could not

@@ -68,5 +68,24 @@ fn compose_file_is_valid_and_every_service_is_hardened() {
         assert!(test.contains("--healthcheck"), "{name}: {test}");
         let vols = format!("{:?}", s.get("volumes"));
         assert!(!vols.contains("docker.sock"), "{name}: the Docker socket");
+        // Admin and metrics listeners bind the service's own address on
+        // the egress network (no exec container joins it), never 0.0.0.0.
+        let args: Vec<&str> = s["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for flag in ["--admin-listen=", "--metrics-listen="] {
+            if let Some(a) = args.iter().find_map(|a| a.strip_prefix(flag)) {
+                let ip = s["networks"]["egress"]["ipv4_address"].as_str().unwrap();
+                assert_eq!(a.rsplit_once(':').unwrap().0, ip, "{name}: {flag}{a}");
+            }
+        }
     }
+    let api_args = format!("{:?}", services["api"]["command"]);
+    assert!(
+        api_args.contains("--metrics-listen=10.230.0.3:9092"),
+        "the API's metrics listener: {api_args}"
+    );
 }

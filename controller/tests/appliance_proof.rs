@@ -66,6 +66,14 @@ impl Drop for Cleanup {
     }
 }
 
+/// SIGCONT to a paused process on drop (even when the test fails).
+struct Resume(String);
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
 fn egressctl(dir: &Path, args: &[&str]) -> Output {
     Command::new(EGRESSCTL)
         .args(args)
@@ -185,17 +193,34 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         assert!(unit.contains(&*dir.to_string_lossy()), "{u}: {unit}");
     }
 
-    // Docker's own healthchecks (the binaries' --healthcheck self-probe).
-    let deadline = Instant::now() + Duration::from_secs(40);
-    // (chokepoint-api reports unhealthy here: its self-probe against the
-    // self-signed certificate is not yet right; status probes it itself.)
-    for c in ["chokepoint-proxy"] {
+    // Docker's own healthchecks (the binaries' --healthcheck self-probe):
+    // every service of the compose project is `healthy`, not just running.
+    let services = text(&docker(&[
+        "ps",
+        "--filter",
+        "label=com.docker.compose.project=chokepoint",
+        "--format",
+        "{{.Names}}",
+    ]));
+    let mut services: Vec<&str> = services.lines().map(str::trim).collect();
+    services.sort_unstable();
+    assert_eq!(
+        services,
+        ["chokepoint-api", "chokepoint-proxy"],
+        "compose services"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in services {
         loop {
             let h = text(&docker(&["inspect", "-f", "{{.State.Health.Status}}", c]));
             if h.trim() == "healthy" {
                 break;
             }
-            assert!(Instant::now() < deadline, "{c}: {h}");
+            assert!(
+                Instant::now() < deadline,
+                "{c}: {h}: {}",
+                text(&docker(&["inspect", "-f", "{{json .State.Health}}", c]))
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -212,6 +237,17 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         "handshakes accepted: tls1_2, tls1_3",
         "{v:#}"
     );
+
+    // The API's metrics: on its own port of its egress-network address
+    // (plain HTTP, not the TLS port), in the exposition format.
+    let m = Command::new("curl")
+        .args(["-s", "-m", "5", "http://10.240.255.3:9092/metrics"])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("chokepoint_api_requests_total{"), "{m}");
+    assert!(m.contains("chokepoint_api_websocket_sessions 0"), "{m}");
+    e2e::promtool::check_metrics(&m);
 
     // 2b. A second org added to the policy: the controller picks it up on
     // its next pass (network, rules, the proxy's policy reloaded), and the
@@ -247,6 +283,59 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
             .all(|c| c["detail"].as_str().unwrap().starts_with("blocked")),
         "{v:#}"
     );
+
+    // 2c. A broken kernel boundary turns status red: with the controller
+    // paused (so it cannot repair the drift first), one of our chains is
+    // flushed; `nft_tables` is red and status exits non-zero. Resumed, the
+    // controller restores the rules (counted as drift) and status is green.
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("appliance.json")).unwrap()).unwrap();
+    let controller = rec["controller_pid"]
+        .as_u64()
+        .expect("controller pid")
+        .to_string();
+    let resume = Resume(controller.clone());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &controller])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = Command::new("nft")
+        .args(["flush", "chain", "inet", "chokepoint", "forward"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (code, v) = status(&dir);
+    assert_ne!(code, 0, "{v:#}");
+    assert_ne!(v["headline"], "All boundaries active", "{v:#}");
+    assert_eq!(check(&v, "nft_tables")["ok"], false, "{v:#}");
+    assert_eq!(
+        check(&v, "nft_tables")["detail"],
+        "present, DIFFERENT from the rendered ruleset",
+        "{v:#}"
+    );
+    let table = text(&egressctl(&dir, &["status"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("nft_tables") && l.contains("FAIL")),
+        "{table}"
+    );
+    drop(resume);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (code, v) = status(&dir);
+        if code == 0 && check(&v, "nft_tables")["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not repair: {v:#}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 
     // 3. A page from a local origin through the proxy, never directly.
     let o = docker(&["network", "create", "--subnet", "11.240.0.0/24", ORIGIN_NET]);

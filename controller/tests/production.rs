@@ -349,13 +349,48 @@ fn worker_production_starts_and_turns_red_without_the_proxy() {
     );
 }
 
-/// Development with the gaps that still let a worker work starts with the
-/// warning (a missing master key or service token stays exit 64 in every
-/// mode: docs/production.md).
+/// Development with the same gaps starts with the warning (docs/production.md,
+/// the development column): no policy = an empty one (every request
+/// denied); no master key = an ephemeral in-memory key; no service token =
+/// an ephemeral one nobody holds (every call refused); a key that does not
+/// open the store = those credentials fail. Only a store that does not
+/// open stops a development start (see
+/// `worker_development_without_a_store_does_not_start`).
 #[test]
 fn worker_development_starts_with_the_warning() {
     let proxy = FakeProxy::start();
     let cases = [
+        (
+            "wd_no_policy",
+            Gap::NoPolicyFile,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
+            "wd_empty_policy",
+            Gap::EmptyPolicy,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
+            "wd_no_key",
+            Gap::NoMasterKey,
+            None,
+            Some("missing_encryption_key"),
+        ),
+        (
+            "wd_wrong_key",
+            Gap::WrongMasterKey,
+            None,
+            Some("missing_encryption_key"),
+        ),
+        (
+            "wd_no_token",
+            Gap::NoServiceToken,
+            None,
+            Some("missing_auth_token"),
+        ),
+        ("wd_no_proxy_flag", Gap::NoProxyAdmin, None, None),
         ("wd_unset", Gap::None, None, None),
         ("wd_explicit", Gap::None, Some("development"), None),
         (
@@ -409,15 +444,66 @@ fn worker_development_starts_with_the_warning() {
                     );
                 }
                 assert!(!r.stderr.contains(SHIPPED_TOKEN), "{name}: secret printed");
-                let resp = get(r.addr("listening on "), "/readyz").expect("readyz answers");
+                let at = r.addr("listening on ");
+                let resp = get(at, "/readyz").expect("readyz answers");
                 let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
                 assert_eq!(v["mode"], "development", "{name}");
+                // What each substitute does, checked on the running worker.
+                let body = r#"{"org":"acme","integrations":["calendar"]}"#;
+                let create = format!(
+                    "POST /v1/runs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {GOOD_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let resp = e2e::send_raw(at, create.as_bytes(), Duration::from_secs(5)).unwrap();
+                match gap {
+                    Gap::NoServiceToken => {
+                        assert!(r.stderr.contains("ephemeral service token"), "{}", r.stderr);
+                        assert_eq!(resp.status, 401, "{name}: {}", resp.text());
+                    }
+                    Gap::NoPolicyFile | Gap::EmptyPolicy => {
+                        assert!(r.stderr.contains("starting with an empty policy"), "{}", r.stderr);
+                        // No org in force: the run is refused.
+                        assert!(resp.status >= 400 && resp.status != 401, "{name}: {}", resp.text());
+                    }
+                    Gap::NoMasterKey => {
+                        assert!(r.stderr.contains("ephemeral master key"), "{}", r.stderr);
+                        assert!(resp.status < 300, "{name}: {}", resp.text());
+                    }
+                    Gap::WrongMasterKey => {
+                        assert!(
+                            r.stderr.contains("the master key does not open the store"),
+                            "{}",
+                            r.stderr
+                        );
+                    }
+                    _ => {}
+                }
+                for secret in [SHIPPED_TOKEN, GOOD_TOKEN] {
+                    assert!(!r.stderr.contains(secret), "{name}: secret printed");
+                }
             })
         })
         .collect();
     for h in handles {
         h.join().unwrap();
     }
+}
+
+/// The one gap development cannot start with: a store that does not open
+/// (runs, handles and credentials live there; a substitute would lose
+/// them silently). One clear line, a non-zero exit.
+#[test]
+fn worker_development_without_a_store_does_not_start() {
+    let proxy = FakeProxy::start();
+    let (s, _dir) = start_worker("wd_store", Gap::StoreDoesNotOpen, None, proxy.addr);
+    let Started::Exited(code, stderr) = s else {
+        panic!("development started without a store: {s:?}");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("would refuse production: missing_credential_broker: "),
+        "{stderr}"
+    );
 }
 
 /// The daemon, run with `--check` (every production check, then exit before
@@ -506,6 +592,14 @@ fn controller_production_checks() {
             "would refuse production: unsafe_allow_ranges: ",
         ),
         (
+            "c_dev_no_policy",
+            None,
+            Some(&good),
+            None,
+            64,
+            "would refuse production: missing_egress_policy: ",
+        ),
+        (
             "c_dev_proxy_down",
             Some(POLICY.into()),
             Some(&down),
@@ -543,7 +637,7 @@ fn controller_production_checks() {
         let dev_warning = stderr.contains("egress-controller: warning: development mode");
         assert_eq!(
             dev_warning,
-            mode != Some("production") && code == 0,
+            mode != Some("production") && code != 78,
             "{name}: {stderr}"
         );
     }
@@ -568,4 +662,132 @@ fn egressctl_reads_the_switch() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_mode"));
+}
+
+/// Condition 5's second half ("… or the nft tables are absent"): the
+/// daemon, after programming its first pass, reads its tables back; in
+/// production tables that are absent or not as rendered are exit 78 with
+/// one `egress_proxy_down` line; in development the same is a warning and
+/// the daemon runs on.
+///
+/// The kernel is played by `nft` stand-ins on `PATH` (no host table is
+/// touched): one that accepts every transaction but holds nothing (a
+/// ruleset that silently does not stick), and none at all. Docker is
+/// unreachable (`DOCKER_HOST` names no socket): the rules come first.
+#[test]
+fn controller_refuses_production_when_its_nft_tables_are_absent() {
+    let proxy = FakeProxy::start();
+    let good = format!("--proxy-admin={}", proxy.addr);
+    // (name, nft stand-in, mode, --once)
+    let cases = [
+        ("c_nft_holds_nothing", true, Some("production"), true),
+        ("c_no_nft", false, Some("production"), true),
+        (
+            "c_nft_holds_nothing_daemon",
+            true,
+            Some("production"),
+            false,
+        ),
+    ];
+    for (name, fake_nft, mode, once) in cases {
+        let dir = tempdir(name);
+        let bin = dir.0.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        if fake_nft {
+            let nft = bin.join("nft");
+            std::fs::write(
+                &nft,
+                "#!/bin/sh\ncase \"$*\" in *list*) echo 'Error: No such file or directory' >&2; exit 1;; esac\ncat >/dev/null\nexit 0\n",
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let policy = dir.0.join("policy.yaml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let mut cmd = Command::new(CONTROLLER);
+        cmd.arg("--policy")
+            .arg(&policy)
+            .arg(&good)
+            .arg("--state-dir")
+            .arg(dir.0.join("state"))
+            .arg("--ruleset-file")
+            .arg(dir.0.join("ruleset.json"))
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .env("PATH", &bin)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}/no-docker.sock", dir.0.display()),
+            )
+            .env_remove("CHOKEPOINT_ENV");
+        if once {
+            cmd.arg("--once");
+        }
+        if let Some(m) = mode {
+            cmd.env("CHOKEPOINT_ENV", m);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{name}: {stderr}");
+        let refused: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("production refused"))
+            .collect();
+        assert_eq!(refused.len(), 1, "{name}: {stderr}");
+        assert!(
+            refused[0].starts_with("egress-controller: production refused: egress_proxy_down: the nft tables are not as rendered"),
+            "{name}: {stderr}"
+        );
+        assert_eq!(stderr.lines().last(), Some(refused[0]), "{name}: last line");
+        let want = if fake_nft {
+            "the table `inet chokepoint` is absent"
+        } else {
+            "cannot list them"
+        };
+        assert!(refused[0].contains(want), "{name}: {stderr}");
+    }
+    // Development: the same gap is a warning; the daemon keeps running.
+    let dir = tempdir("c_dev_nft_holds_nothing");
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let nft = bin.join("nft");
+    std::fs::write(
+        &nft,
+        "#!/bin/sh\ncase \"$*\" in *list*) exit 1;; esac\ncat >/dev/null\nexit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = dir.0.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut cmd = Command::new(CONTROLLER);
+    cmd.arg("--policy")
+        .arg(&policy)
+        .arg(&good)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .arg("--ruleset-file")
+        .arg(dir.0.join("ruleset.json"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("PATH", &bin)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", dir.0.display()),
+        )
+        .env_remove("CHOKEPOINT_ENV");
+    let s = start_or_exit(
+        &mut cmd,
+        "would refuse production: egress_proxy_down: the nft tables are not as rendered",
+        Duration::from_secs(30),
+    );
+    let Started::Running(r) = s else {
+        panic!("development did not run on: {s:?}");
+    };
+    assert!(
+        r.stderr
+            .contains("egress-controller: warning: development mode"),
+        "{}",
+        r.stderr
+    );
+    drop(r);
 }

@@ -697,6 +697,8 @@ fn deny_table() {
         m.contains("worker_requests_total{method=\"POST\",reason=\"invalid_handle\"} 6"),
         "{m}"
     );
+    // The exposition after real traffic (allowed and denied, by reason).
+    e2e::promtool::check_metrics(&m);
     // The sweeper revokes the expired run (it runs every 5 s).
     let deadline = Instant::now() + Duration::from_secs(12);
     while !w

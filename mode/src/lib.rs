@@ -408,6 +408,25 @@ pub fn check_policy_file(flag: &str, path: &std::path::Path) -> Result<(), Refus
     }
 }
 
+/// Whether the policy file does not exist or holds only whitespace and
+/// comments (what [`check_policy_file`] calls missing or empty; an
+/// unreadable file is neither). In development the proxy and the worker
+/// start with an empty policy then (no org: every request is denied).
+pub fn policy_file_absent_or_empty(path: &std::path::Path) -> bool {
+    match std::fs::read_to_string(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .all(|l| l.is_empty() || l.starts_with('#') || l == "---"),
+    }
+}
+
+/// The policy the proxy and the worker use in development when theirs is
+/// absent or empty ([`policy_file_absent_or_empty`]): no org, so every
+/// request is denied (`unknown_client` / `unknown_org`).
+pub const EMPTY_POLICY: &str = "version: v1\norgs: {}\n";
+
 /// The checks on a parsed policy: at least one org
 /// ([`Condition::MissingEgressPolicy`]) and no `unsafe_allow_ranges`
 /// ([`Condition::UnsafeAllowRanges`]).

@@ -6,6 +6,7 @@
 //! SIGTERM/SIGINT graceful drain). Must never: start serving with a policy
 //! that failed to load.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,7 +109,20 @@ pub(crate) enum StartError {
 
 /// Validate, then serve until SIGTERM.
 pub(crate) fn run(args: Args, mode: mode::Mode) -> Result<(), StartError> {
-    let policy = Policy::load(&args.policy).map_err(|e| StartError::Config(e.to_string()))?;
+    let policy = if !mode.is_production() && mode::policy_file_absent_or_empty(&args.policy) {
+        // Development only (production refused this already): no policy
+        // yet is an empty one, which denies every request; writing the
+        // file and reloading (SIGHUP, POST /reload) puts it in force.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "egress-proxy: warning: development: {} is missing or empty: starting with an empty policy (no org: every request is denied); write it and reload",
+            args.policy.display()
+        );
+        Policy::from_yaml(&args.policy.display().to_string(), mode::EMPTY_POLICY)
+            .map_err(|e| StartError::Config(e.to_string()))?
+    } else {
+        Policy::load(&args.policy).map_err(|e| StartError::Config(e.to_string()))?
+    };
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,

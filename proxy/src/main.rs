@@ -76,6 +76,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // A closed stderr (a log pipe gone) must not stop the server:
+        // without this, tracing reports the failed write with eprintln!,
+        // which panics.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),

@@ -1367,13 +1367,14 @@ fn a_failing_audit_log_stops_traffic_and_is_counted() {
     let r = send_raw(proxy.listen, req.as_bytes(), Duration::from_secs(5)).unwrap();
     assert_eq!((r.status, r.reason()), (503, Some("audit_unavailable")));
     assert_eq!(s.origin.seen().len(), seen, "a request went out unaudited");
-    assert!(
-        proxy.metrics().contains(
-            "egress_requests_total{method=\"GET\",reason=\"audit_unavailable\",source=\"container\",verdict=\"deny\"} 3"
-        ),
-        "{}",
-        proxy.metrics()
-    );
+    // Counted in the request's logging phase, which may finish just after
+    // the client has its answer: wait (bounded) for the third.
+    let counted = "egress_requests_total{method=\"GET\",reason=\"audit_unavailable\",source=\"container\",verdict=\"deny\"} 3";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.metrics().contains(counted) {
+        assert!(Instant::now() < deadline, "{}", proxy.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -177,6 +177,18 @@ fn development_starts_with_the_warning() {
         ("dev_unset", Gap::None, None, None),
         ("dev_explicit", Gap::None, Some("development"), None),
         (
+            "dev_no_policy_file",
+            Gap::NoPolicyFile,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
+            "dev_empty_policy",
+            Gap::EmptyPolicy,
+            None,
+            Some("missing_egress_policy"),
+        ),
+        (
             "dev_no_org",
             Gap::NoOrg,
             None,
@@ -205,7 +217,7 @@ fn development_starts_with_the_warning() {
         .into_iter()
         .map(|(name, gap, env, warned)| {
             std::thread::spawn(move || {
-                let (s, _dir) = start(name, gap, env);
+                let (s, dir) = start(name, gap, env);
                 let Started::Running(r) = s else {
                     panic!("{name}: development did not start: {s:?}");
                 };
@@ -227,6 +239,35 @@ fn development_starts_with_the_warning() {
                 let resp = get(r.addr("admin="), "/readyz").expect("readyz answers");
                 let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
                 assert_eq!(v["mode"], "development", "{name}");
+                if matches!(gap, Gap::NoPolicyFile | Gap::EmptyPolicy) {
+                    assert!(
+                        r.stderr.contains("starting with an empty policy"),
+                        "{name}: {}",
+                        r.stderr
+                    );
+                    // No org in force: every request is denied.
+                    let resp = e2e::proxy_request(
+                        r.addr("listen="),
+                        "GET",
+                        "http://example.com/",
+                        "",
+                    );
+                    assert_eq!(resp.status, 403, "{name}: {}", resp.text());
+                    assert_eq!(
+                        resp.header("x-egress-error"),
+                        Some("unknown_client"),
+                        "{name}"
+                    );
+                    // Written and reloaded, the policy is in force.
+                    std::fs::write(dir.0.join("policy.yaml"), GOOD_POLICY).unwrap();
+                    let req = format!(
+                        "POST /reload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {GOOD_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let resp =
+                        e2e::send_raw(r.addr("admin="), req.as_bytes(), Duration::from_secs(5))
+                            .unwrap();
+                    assert_eq!(resp.status, 200, "{name}: {}", resp.text());
+                }
             })
         })
         .collect();

@@ -8,10 +8,9 @@
     clippy::indexing_slicing
 )] // test code: a panic is a failed test
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{DnsServer, Origin, ProxyProcess, proxy_request};
@@ -95,40 +94,6 @@ fn healthcheck_exits_0_on_2xx_and_1_otherwise() {
     assert!(err.contains("--healthcheck-ca"), "{err}");
 }
 
-/// Pipe `text` through `promtool check metrics`; panics with its findings.
-/// Skips when promtool is missing, unless CHOKEPOINT_REQUIRE_PRIVILEGED=1.
-pub fn promtool_check_metrics(text: &str) {
-    if !e2e::require(
-        "promtool (apt-get install prometheus)",
-        Command::new("promtool")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-    ) {
-        return;
-    }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn metrics_pass_promtool_after_traffic() {
     let (origin, _dns, proxy) = start();
@@ -146,5 +111,5 @@ fn metrics_pass_promtool_after_traffic() {
     }
     assert!(text.contains("egress_requests_total{"), "{text}");
     assert!(text.contains("verdict=\"deny\""), "{text}");
-    promtool_check_metrics(&text);
+    e2e::promtool::check_metrics(&text);
 }

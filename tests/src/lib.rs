@@ -20,6 +20,7 @@ pub mod dns;
 pub mod origin;
 pub mod pg;
 pub mod procstatus;
+pub mod promtool;
 pub mod proxy;
 pub mod startup;
 pub mod tls_origin;

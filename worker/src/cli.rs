@@ -140,6 +140,37 @@ fn env_file(var: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Whether `var` is set to something.
+fn env_set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty())
+}
+
+/// 32 bytes from the OS generator.
+fn random32() -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+    use ring::rand::SecureRandom as _;
+    let mut b = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SystemRandom::new()
+        .fill(&mut b[..])
+        .map_err(|_| "the OS random number generator failed".to_owned())?;
+    Ok(b)
+}
+
+/// Development without a master key: a random one, in memory only.
+fn ephemeral_keyring() -> Result<Keyring, String> {
+    let key = random32()?;
+    Keyring::from_keys(std::slice::from_ref(&*key))
+        .map_err(|e| format!("ephemeral master key: {e}"))
+}
+
+/// Development without a service token: the digest of a random token
+/// nobody holds (every authenticated call is refused).
+fn random_digest() -> Result<[u8; 32], String> {
+    let token = random32()?;
+    Ok(crate::api::digest(
+        crate::crypto::to_hex(&token[..]).as_bytes(),
+    ))
+}
+
 /// Load the keyring named by `CHOKEPOINT_MASTER_KEY_FILE`.
 pub fn load_keyring() -> Result<Keyring, String> {
     let path = env_file(MASTER_KEY_ENV)?;
@@ -236,7 +267,22 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
     if let Err(code) = crate::production::gate(mode, &args).await {
         return code;
     }
-    let policy = match Policy::load(&args.policy) {
+    // Development puts closed substitutes in place of missing parts; never
+    // under --check, which validates what is configured (exit 64 if not).
+    let dev = !mode.is_production() && !args.check;
+    let policy = if dev && mode::policy_file_absent_or_empty(&args.policy) {
+        // Development only: no policy yet is an empty one (no org: every
+        // tool request is denied). The worker reads it at start: restart
+        // it once the file is written.
+        say(&format!(
+            "warning: development: {} is missing or empty: starting with an empty policy (no org: every request is denied); write it and restart",
+            args.policy.display()
+        ));
+        Policy::from_yaml(&args.policy.display().to_string(), mode::EMPTY_POLICY)
+    } else {
+        Policy::load(&args.policy)
+    };
+    let policy = match policy {
         Ok(p) => Arc::new(p),
         Err(e) => {
             say(&e.to_string());
@@ -252,6 +298,18 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
     };
     let keys = match load_keyring() {
         Ok(k) => Arc::new(k),
+        Err(_) if dev && !env_set(MASTER_KEY_ENV) => match ephemeral_keyring() {
+            Ok(k) => {
+                say(&format!(
+                    "warning: development: {MASTER_KEY_ENV} is not set: using an ephemeral master key held in memory only (never written or printed); credentials stored now cannot be read after a restart"
+                ));
+                Arc::new(k)
+            }
+            Err(e) => {
+                say(&e);
+                return ExitCode::FAILURE;
+            }
+        },
         Err(e) => {
             say(&e);
             return ExitCode::from(64);
@@ -259,6 +317,18 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
     };
     let token_digest = match load_service_token() {
         Ok(t) => t,
+        Err(_) if dev && !env_set(WORKER_TOKEN_ENV) => match random_digest() {
+            Ok(t) => {
+                say(&format!(
+                    "warning: development: {WORKER_TOKEN_ENV} is not set: using an ephemeral service token nobody holds; every call but /healthz and /readyz is refused (401) until you set it"
+                ));
+                t
+            }
+            Err(e) => {
+                say(&e);
+                return ExitCode::FAILURE;
+            }
+        },
         Err(e) => {
             say(&e);
             return ExitCode::from(64);
@@ -291,8 +361,15 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
         }
     };
     if let Err(e) = check_keys(store.as_ref(), &keys).await {
-        say(&e);
-        return ExitCode::from(64);
+        if !dev {
+            say(&e);
+            return ExitCode::from(64);
+        }
+        // Development: the gate warned (missing_encryption_key); a
+        // credential that does not open fails its own requests (closed).
+        say(&format!(
+            "warning: development: the master key does not open the store ({e}); requests using those credentials will fail"
+        ));
     }
     if args.check {
         return ExitCode::SUCCESS;

@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // A closed stderr (a log pipe gone) must not stop the server:
+        // without this, tracing reports the failed write with eprintln!,
+        // which panics.
+        .log_internal_errors(false)
         .init();
     // The production switch, before anything is bound (exit 78).
     let mode = match mode::Mode::from_env("chokepoint-api") {
@@ -31,10 +35,21 @@ fn main() -> ExitCode {
     if let Err(code) = api::production::gate(mode, &args, |k| std::env::var(k).ok()) {
         return code;
     }
-    let config = match api::config::Config::from_args(&args, |k| std::env::var(k).ok()) {
-        Ok(c) => api::config::Config { mode, ..c },
+    let config = match api::config::Config::from_args(&args, |k| std::env::var(k).ok(), mode) {
+        Ok(c) => c,
         Err(e) => return fail(api::EXIT_CONFIG, &e.to_string()),
     };
+    if !mode.is_production()
+        && std::env::var(api::config::KEY_FILE_ENV)
+            .ok()
+            .is_none_or(|v| v.is_empty())
+    {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "chokepoint-api: warning: development: {} is not set: using an ephemeral token key nobody holds (never written or printed); every bearer token is refused until you set it",
+            api::config::KEY_FILE_ENV
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

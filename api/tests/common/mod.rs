@@ -198,7 +198,7 @@ pub fn start(keys: &Keys) -> Api {
 pub fn start_with(keys: &Keys, store: &Path, extra: &[&str], listen: Option<SocketAddr>) -> Api {
     let listen = listen.map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
     let mut cmd = Command::new(bin());
-    cmd.args(["--listen", &listen])
+    cmd.args(["--listen", &listen, "--metrics-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&keys.cert)
         .arg("--tls-key")

@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run(args, cfg))
+    rt.block_on(run(args, cfg, mode))
 }
 
 fn writeln_err(msg: &str) -> std::io::Result<()> {
@@ -173,7 +173,7 @@ fn writeln_out(msg: &str) -> std::io::Result<()> {
     writeln!(std::io::stdout().lock(), "{msg}")
 }
 
-async fn run(args: Args, cfg: Config) -> ExitCode {
+async fn run(args: Args, cfg: Config, mode: mode::Mode) -> ExitCode {
     // Installed before anything starts: SIGTERM (docker stop, systemd) and
     // SIGINT stop the daemon; returning drops the supervised worker, which
     // is killed with it (kill_on_drop).
@@ -273,13 +273,20 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
         }
     };
     if args.once {
-        return if pass("once", docker.clone()).await {
+        let ok = pass("once", docker.clone()).await;
+        if let Err(code) = tables_gate(mode, &cfg) {
+            return code;
+        }
+        return if ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         };
     }
     pass("start", docker.clone()).await;
+    if let Err(code) = tables_gate(mode, &cfg) {
+        return code;
+    }
     let mut events = docker.as_ref().map(|d| {
         d.events(None::<bollard::query_parameters::EventsOptions>)
             .boxed()
@@ -327,6 +334,23 @@ async fn run(args: Args, cfg: Config) -> ExitCode {
             _ = term.recv() => return ExitCode::SUCCESS,
         }
     }
+}
+
+/// After the first pass: the nft tables must exist and equal the rendered
+/// ruleset. Production: exit 78 with one line (`egress_proxy_down`: with
+/// the tables absent the proxy is not the only way out); development: the
+/// warning, and the daemon goes on (it re-applies on every pass).
+fn tables_gate(mode: mode::Mode, cfg: &Config) -> Result<(), ExitCode> {
+    let mut gate = mode::Gate::new(mode, "egress-controller");
+    if let Err(e) = controller::reconcile::verify_tables(cfg) {
+        gate.fail(
+            mode::Condition::EgressProxyDown,
+            format!(
+                "the nft tables are not as rendered after the first pass: {e}; check that `nft` works here (root, the nf_tables module) and that nothing else deletes the `chokepoint` tables"
+            ),
+        );
+    }
+    gate.finish()
 }
 
 /// Connect to Docker, or `None` (logged) when it does not answer.

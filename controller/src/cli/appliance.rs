@@ -367,6 +367,45 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A self-signed P-256 server certificate for `ip` (the API's fixed
+/// address), written to `cert` and `key` with `openssl`.
+///
+/// An end-entity certificate, not a CA: `basicConstraints CA:FALSE`,
+/// `keyUsage digitalSignature`, `extendedKeyUsage serverAuth` and the
+/// address as its only name. `openssl req -x509` otherwise marks it
+/// `CA:TRUE`, which WebPKI clients refuse as a server certificate
+/// (`CaUsedAsEndEntity`): rustls, hence the API container's own
+/// healthcheck (`--healthcheck https://… --healthcheck-ca` this file).
+pub fn self_signed_cert(ip: std::net::IpAddr, cert: &Path, key: &Path) -> Result<(), String> {
+    run_cmd(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "825", "-subj", "/CN=chokepoint-api"])
+            .arg("-addext")
+            .arg(format!("subjectAltName=IP:{ip}"))
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "keyUsage=critical,digitalSignature",
+                "-addext",
+                "extendedKeyUsage=serverAuth",
+            ])
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(cert),
+    )?;
+    Ok(())
+}
+
 fn run_cmd(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
@@ -513,30 +552,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
         layout.api_dir().join("tls-cert.pem"),
         layout.api_dir().join("tls-key.pem"),
     );
-    run_cmd(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args([
-                "-nodes",
-                "-days",
-                "825",
-                "-subj",
-                "/CN=chokepoint-api",
-                "-addext",
-            ])
-            .arg(format!("subjectAltName=IP:{}", nth(a.egress_subnet, 3)))
-            .arg("-keyout")
-            .arg(&tls_key)
-            .arg("-out")
-            .arg(&cert),
-    )?;
+    self_signed_cert(nth(a.egress_subnet, 3).into(), &cert, &tls_key)?;
     std::fs::set_permissions(&tls_key, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     own(&tls_key)?;
     let api_data = layout.dir.join("api-data");

@@ -376,6 +376,36 @@ impl Firewall {
     pub fn drifted(&self, fingerprint: &[String]) -> Result<bool, FirewallError> {
         Ok(self.live()? != fingerprint)
     }
+
+    /// Check the live tables against what was rendered for `plan` and read
+    /// back after the apply (`fingerprint`): both tables present, each
+    /// holding as many rules as [`render`] put in it, and nothing changed
+    /// since. `Err` names what is wrong (for the production check).
+    pub fn verify(&self, plan: &Plan, fingerprint: &[String]) -> Result<(), String> {
+        let live = self.live().map_err(|e| format!("cannot list them: {e}"))?;
+        for (family, want) in rules_per_table(plan) {
+            let prefix = format!("{family} ");
+            let mine: Vec<&String> = live.iter().filter(|l| l.starts_with(&prefix)).collect();
+            if mine.is_empty() {
+                return Err(format!("the table `{family} {TABLE}` is absent"));
+            }
+            // Rule lines are `FAMILY CHAIN [statements…]`; chain lines
+            // `FAMILY chain NAME …`.
+            let rules = mine
+                .iter()
+                .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with('[')))
+                .count();
+            if rules != want {
+                return Err(format!(
+                    "the table `{family} {TABLE}` holds {rules} rules, {want} were rendered"
+                ));
+            }
+        }
+        if live != fingerprint {
+            return Err("the tables differ from the ruleset applied".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Write a rendered ruleset to `path` atomically (a temporary file in the
