@@ -153,6 +153,9 @@ def report(path):
         ("squid tunnels/s vs direct", ratio("squid", "direct", "tunnels/s")),
         ("CPU per request vs squid", ratio(e, "squid", "CPU us/req")),
         ("CPU per tunnel vs squid", ratio(e, "squid", "CPU us/tun")),
+        ("egress-base CPU/req vs squid", ratio("egress-base", "squid", "CPU us/req")),
+        ("egress-base CPU/tun vs squid", ratio("egress-base", "squid", "CPU us/tun")),
+        ("CPU per request vs egress-base", ratio(e, "egress-base", "CPU us/req")),
     ]:
         if m is not None:
             print(f"  {what:<28} {m:>7.2f}x    [{lo:.2f}..{hi:.2f}]")
