@@ -144,6 +144,7 @@ wait_port 127.0.0.1 13128; wait_port 127.0.0.1 13129; wait_port 127.0.0.1 13130
 [ -n "${BASELINE_BIN:-}" ] && wait_port 127.0.0.1 13131
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+usr_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 CLK=$(getconf CLK_TCK)
 
@@ -178,7 +179,7 @@ ROUNDS=${ROUNDS:-3}
 RESULTS=$TMP/results
 : > "$RESULTS"
 # One line per proxy per round:
-# round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
+# round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib usr_us_req
 # New TLS connections (full handshakes) through CONNECT or direct; prints
 # "count rate_per_s median_setup_ms". Callers assign its output (`out=$(...)`)
 # so that a failed connection stops the bench (set -e).
@@ -189,13 +190,16 @@ tunnels() {
 measure() { # round name pid proxy_url connect_target
     local round=$1 name=$2 pid=$3 url=$4 target=$5
     echo "round $round: $name..." >&2
-    local c0 c1 r out rps p50 p99 reqs bulk n tps setup cpureq cputun idle hwm
-    c0=$(cpu_ticks "$pid")
+    local c0 c1 u0 u1 r out rps p50 p99 reqs bulk n tps setup cpureq usrreq cputun idle hwm
+    c0=$(cpu_ticks "$pid"); u0=$(usr_ticks "$pid")
     read -r rps p50 p99 reqs <<<"$(run_wrk -s "$TMP/abs.lua" "$url")"
-    c1=$(cpu_ticks "$pid")
+    c1=$(cpu_ticks "$pid"); u1=$(usr_ticks "$pid")
     cpureq=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    # User time only: the proxy's own work, without the kernel's loopback
+    # TCP path (which runs the receiver's side in the sender's context).
+    usrreq=$(awk -v d=$((u1 - u0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
     if [ -n "${REQUESTS_ONLY:-}" ]; then
-        echo "$round $name $rps $p50 $p99 $cpureq - - - - - -" >> "$RESULTS"
+        echo "$round $name $rps $p50 $p99 $cpureq - - - - - - $usrreq" >> "$RESULTS"
         return
     fi
     local resolve=()
@@ -210,14 +214,14 @@ measure() { # round name pid proxy_url connect_target
     read -r _ _ setup <<<"$out"
     idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
     hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
-    echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
+    echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm $usrreq" >> "$RESULTS"
 }
 measure_direct() { # round
     echo "round $1: direct..." >&2
     local out rps p50 p99 bulk tps setup
     read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
     if [ -n "${REQUESTS_ONLY:-}" ]; then
-        echo "$1 direct $rps $p50 $p99 - - - - - - -" >> "$RESULTS"
+        echo "$1 direct $rps $p50 $p99 - - - - - - - -" >> "$RESULTS"
         return
     fi
     bulk=$(bulk --resolve repo.chokepoint.dev:18443:127.0.0.3)
@@ -225,7 +229,7 @@ measure_direct() { # round
     read -r _ tps _ <<<"$out"
     out=$(tunnels --addr 127.0.0.3:18443 --concurrency 1 --max 3000 --seconds 3)
     read -r _ _ setup <<<"$out"
-    echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
+    echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - - -" >> "$RESULTS"
 }
 
 # New TLS connections in flight at once (one client thread): enough to keep
