@@ -331,11 +331,11 @@ impl ProxyHttp for Forward {
         self.shared.metrics.request(verdict, reason, plan.method);
         self.shared.audit.write(&Record {
             event: crate::audit::Event::Request,
-            org: Some(plan.org.clone()),
+            org: Some(&plan.org),
             client: plan.client,
             method: plan.method,
             scheme: Some(plan.dest.scheme.as_str()),
-            host: Some(plan.dest.host.to_text()),
+            host: Some(&plan.dest.host),
             port: Some(plan.dest.port),
             dialed: ctx.dialed,
             verdict,
