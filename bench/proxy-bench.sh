@@ -203,7 +203,8 @@ measure() { # round name pid proxy_url connect_target
         return
     fi
     local resolve=()
-    [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
+    # egress-proxy (and egress-base) resolve the name themselves (DNS pinning).
+    case $name in egress-*) ;; *) resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443") ;; esac
     bulk=$(bulk -p -x "$url" "${resolve[@]}")
     c0=$(cpu_ticks "$pid")
     out=$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)
