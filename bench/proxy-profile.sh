@@ -141,10 +141,16 @@ share() { # label pattern
     v=$(grep -E -m1 "$2" "$TMP/children.txt" | awk '{print $1}' || true)
     printf "  %-44s %s\n" "$1" "${v:-<0.3% or not seen}"
 }
+share_sum() { # label pattern: the sum over the (disjoint) symbols matched
+    local v
+    v=$(grep -E "$2" "$TMP/children.txt" | awk '{gsub("%", "", $1); t += $1} END {if (t > 0) printf "%.2f%%", t}' || true)
+    printf "  %-44s %s\n" "$1" "${v:-<0.3% or not seen}"
+}
 share "kernel (any [k] symbol under a syscall)" '\[k\] entry_SYSCALL_64_after_hwframe'
-share "  send/write paths"                     '\[k\] __x64_sys_(sendto|write|writev)$'
-share "  recv/read paths"                      '\[k\] __x64_sys_(recvfrom|read|readv)$'
-share "  epoll_wait"                           '\[k\] __x64_sys_epoll_wait$'
+share_sum "  sends and writes"                  '\[k\] __x64_sys_(sendto|sendmsg|write|writev) '
+share_sum "  receives and reads"                '\[k\] __x64_sys_(recvfrom|recvmsg|read|readv) '
+share_sum "  epoll (wait, ctl)"                 '\[k\] __x64_sys_epoll_(wait|pwait|ctl) '
+share "  context switches (finish_task_switch)"  '\[k\] finish_task_switch'
 share "our head reader (head::read_head)"      'egress_proxy::head::read_head'
 share "  its parse (head::parse_head)"         'egress_proxy::head::parse_head'
 share "Pingora head parse (read_request)"      'pingora_core::protocols::http::v1::server::HttpSession::read_request'
