@@ -29,10 +29,14 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 8192 || true
 
-echo "building egress-proxy (release)..." >&2
-cargo build --release -q -p egress-proxy -p chokepoint-bench
+# PROXY_BIN=/path/to/egress-proxy measures that build instead of this
+# tree's, and builds nothing (tunnel-load and head-trickle must be built).
+if [ -z "${PROXY_BIN:-}" ]; then
+    echo "building egress-proxy (release)..." >&2
+    cargo build --release -q -p egress-proxy -p chokepoint-bench
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-PROXY_BIN=$TARGET_DIR/release/egress-proxy
+PROXY_BIN=${PROXY_BIN:-$TARGET_DIR/release/egress-proxy}
 LOAD=$TARGET_DIR/release/tunnel-load
 TRICKLE=$TARGET_DIR/release/head-trickle
 TOOLS=$ROOT/bench/tools.py
@@ -92,6 +96,15 @@ EOF
     --max-connections-per-client 8192 --max-connections-per-org 8192 --max-tunnels-per-org 8192 \
     --dns-server 127.0.0.1:15353 --audit-log "$TMP/egress-audit.jsonl" 2>"$TMP/egress.err" & EGRESS_PID=$!; PIDS+=($EGRESS_PID)
 
+# A second egress-proxy build, measured in the same rounds as "egress-base"
+# (before/after side by side): BASELINE_BIN=/path/to/old/egress-proxy.
+if [ -n "${BASELINE_BIN:-}" ]; then
+    "$BASELINE_BIN" --policy "$TMP/policy.yaml" --listen 127.0.0.1:13131 --admin-listen 127.0.0.1:19091 \
+        --threads "${EGRESS_THREADS:-1}" \
+        --max-connections-per-client 8192 --max-connections-per-org 8192 --max-tunnels-per-org 8192 \
+        --dns-server 127.0.0.1:15353 --audit-log "$TMP/egress-base-audit.jsonl" 2>"$TMP/egress-base.err" & BASE_PID=$!; PIDS+=($BASE_PID)
+fi
+
 # --- squid ----------------------------------------------------------------
 echo "127.0.0.3 repo.chokepoint.dev" > "$TMP/hosts"
 chmod 777 "$TMP"
@@ -128,8 +141,10 @@ tinyproxy -d -c "$TMP/tinyproxy.conf" 2>"$TMP/tinyproxy.err" & TINY_PID=$!; PIDS
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done; echo "no listener on $1:$2" >&2; exit 1; }
 wait_port 127.0.0.2 18080; wait_port 127.0.0.3 18443
 wait_port 127.0.0.1 13128; wait_port 127.0.0.1 13129; wait_port 127.0.0.1 13130
+[ -n "${BASELINE_BIN:-}" ] && wait_port 127.0.0.1 13131
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+usr_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 CLK=$(getconf CLK_TCK)
 
@@ -164,7 +179,7 @@ ROUNDS=${ROUNDS:-3}
 RESULTS=$TMP/results
 : > "$RESULTS"
 # One line per proxy per round:
-# round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib
+# round name rps p50 p99 cpu_us_req bulk tunnels_s setup_ms cpu_us_tun idle_mib peak_mib usr_us_req
 # New TLS connections (full handshakes) through CONNECT or direct; prints
 # "count rate_per_s median_setup_ms". Callers assign its output (`out=$(...)`)
 # so that a failed connection stops the bench (set -e).
@@ -175,13 +190,21 @@ tunnels() {
 measure() { # round name pid proxy_url connect_target
     local round=$1 name=$2 pid=$3 url=$4 target=$5
     echo "round $round: $name..." >&2
-    local c0 c1 r out rps p50 p99 reqs bulk n tps setup cpureq cputun idle hwm
-    c0=$(cpu_ticks "$pid")
+    local c0 c1 u0 u1 r out rps p50 p99 reqs bulk n tps setup cpureq usrreq cputun idle hwm
+    c0=$(cpu_ticks "$pid"); u0=$(usr_ticks "$pid")
     read -r rps p50 p99 reqs <<<"$(run_wrk -s "$TMP/abs.lua" "$url")"
-    c1=$(cpu_ticks "$pid")
+    c1=$(cpu_ticks "$pid"); u1=$(usr_ticks "$pid")
     cpureq=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    # User time only: the proxy's own work, without the kernel's loopback
+    # TCP path (which runs the receiver's side in the sender's context).
+    usrreq=$(awk -v d=$((u1 - u0)) -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.1f", d / k * 1e6 / n}')
+    if [ -n "${REQUESTS_ONLY:-}" ]; then
+        echo "$round $name $rps $p50 $p99 $cpureq - - - - - - $usrreq" >> "$RESULTS"
+        return
+    fi
     local resolve=()
-    [ "$name" != egress-proxy ] && resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443")
+    # egress-proxy (and egress-base) resolve the name themselves (DNS pinning).
+    case $name in egress-*) ;; *) resolve=(--connect-to "repo.chokepoint.dev:18443:127.0.0.3:18443") ;; esac
     bulk=$(bulk -p -x "$url" "${resolve[@]}")
     c0=$(cpu_ticks "$pid")
     out=$(tunnels --addr "${url#http://}" --connect-to "$target" --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)
@@ -192,18 +215,22 @@ measure() { # round name pid proxy_url connect_target
     read -r _ _ setup <<<"$out"
     idle=$(python3 "$TOOLS" idle "${url#http://}" "$target" 1000 "$pid" | awk '{printf "%.1f", $3 / 1024}')
     hwm=$(awk -v h="$(hwm_kib "$pid")" 'BEGIN {printf "%.1f", h / 1024}')
-    echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm" >> "$RESULTS"
+    echo "$round $name $rps $p50 $p99 $cpureq $bulk $tps $setup $cputun $idle $hwm $usrreq" >> "$RESULTS"
 }
 measure_direct() { # round
     echo "round $1: direct..." >&2
     local out rps p50 p99 bulk tps setup
     read -r rps p50 p99 _ <<<"$(run_wrk http://127.0.0.2:18080/small)"
+    if [ -n "${REQUESTS_ONLY:-}" ]; then
+        echo "$1 direct $rps $p50 $p99 - - - - - - - -" >> "$RESULTS"
+        return
+    fi
     bulk=$(bulk --resolve repo.chokepoint.dev:18443:127.0.0.3)
     out=$(tunnels --addr 127.0.0.3:18443 --concurrency "$TUNNEL_CONCURRENCY" --max 30000 --seconds 6)
     read -r _ tps _ <<<"$out"
     out=$(tunnels --addr 127.0.0.3:18443 --concurrency 1 --max 3000 --seconds 3)
     read -r _ _ setup <<<"$out"
-    echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - -" >> "$RESULTS"
+    echo "$1 direct $rps $p50 $p99 - $bulk $tps $setup - - - -" >> "$RESULTS"
 }
 
 # New TLS connections in flight at once (one client thread): enough to keep
@@ -212,18 +239,21 @@ TUNNEL_CONCURRENCY=${TUNNEL_CONCURRENCY:-16}
 for round in $(seq "$ROUNDS"); do
     measure_direct "$round"
     measure "$round" egress-proxy "$EGRESS_PID" http://127.0.0.1:13128 repo.chokepoint.dev:18443
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        measure "$round" egress-base "$BASE_PID" http://127.0.0.1:13131 repo.chokepoint.dev:18443
+    fi
     measure "$round" squid "$SQUID_PID" http://127.0.0.1:13129 repo.chokepoint.dev:18443
-    measure "$round" tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
+    [ -n "${REQUESTS_ONLY:-}" ] || measure "$round" tinyproxy "$TINY_PID" http://127.0.0.1:13130 127.0.0.3:18443
 done
 
 # Slow heads: connections trickling 64 KiB heads one byte at a time, while
 # one client measures normal forwarded requests (issue #11, item 9).
-TRICKLE_OUT=$("$TRICKLE" --proxy 127.0.0.1:13128 --url http://127.0.0.2:18080/small \
+[ -n "${REQUESTS_ONLY:-}" ] || TRICKLE_OUT=$("$TRICKLE" --proxy 127.0.0.1:13128 --url http://127.0.0.2:18080/small \
     --slow "${TRICKLE_CONNECTIONS:-200}" --seconds "${TRICKLE_SECONDS:-10}")
 
 echo
 echo "chokepoint proxy bench — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $ROUNDS rounds (medians), egress-proxy --threads ${EGRESS_THREADS:-1}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$TOOLS" report "$RESULTS"
 echo
-echo "slow heads (egress-proxy): $TRICKLE_OUT"
+[ -n "${REQUESTS_ONLY:-}" ] || echo "slow heads (egress-proxy): $TRICKLE_OUT"
 echo "log sizes: egress-proxy audit $(wc -l < "$TMP/egress-audit.jsonl") lines, squid access $(wc -l < "$TMP/squid-access.log") lines"

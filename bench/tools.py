@@ -74,7 +74,7 @@ def idle(proxy, target, n, pid):
 
 
 COLUMNS = ["req/s", "p50 ms", "p99 ms", "CPU us/req", "bulk MiB/s", "tunnels/s",
-           "setup ms", "CPU us/tun", "1k idle MiB", "peak MiB"]
+           "setup ms", "CPU us/tun", "1k idle MiB", "peak MiB", "usr us/req"]
 
 
 def report(path):
@@ -153,9 +153,14 @@ def report(path):
         ("squid tunnels/s vs direct", ratio("squid", "direct", "tunnels/s")),
         ("CPU per request vs squid", ratio(e, "squid", "CPU us/req")),
         ("CPU per tunnel vs squid", ratio(e, "squid", "CPU us/tun")),
+        ("user CPU per request vs squid", ratio(e, "squid", "usr us/req")),
+        ("egress-base CPU/req vs squid", ratio("egress-base", "squid", "CPU us/req")),
+        ("egress-base usr/req vs squid", ratio("egress-base", "squid", "usr us/req")),
+        ("egress-base CPU/tun vs squid", ratio("egress-base", "squid", "CPU us/tun")),
+        ("CPU per request vs egress-base", ratio(e, "egress-base", "CPU us/req")),
     ]:
         if m is not None:
-            print(f"  {what:<28} {m:>7.2f}x    [{lo:.2f}..{hi:.2f}]")
+            print(f"  {what:<32} {m:>7.2f}x    [{lo:.2f}..{hi:.2f}]")
     m, lo, hi = per(added("squid"))
     if m is not None:
         print(f"  {'squid setup added (ms)':<28} {m:>7.2f} ms [{lo:.2f}..{hi:.2f}]")

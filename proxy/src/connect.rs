@@ -97,11 +97,11 @@ pub(crate) async fn tunnel(
     };
     let mut record = Record {
         event: Event::TunnelOpen,
-        org: ctx.org.clone(),
+        org: ctx.org.as_deref(),
         client: client_addr,
         method: Method::Connect,
         scheme: Some("https"),
-        host: Some(dest.host.to_text()),
+        host: Some(&dest.host),
         port: Some(dest.port),
         dialed: Some(dialed),
         verdict: Verdict::Allow,

@@ -88,10 +88,11 @@ pub(crate) fn headers_to_strip(req: &RequestHeader) -> Vec<String> {
     out
 }
 
-/// A stable per-host key for the upstream connection pool.
+/// A stable per-host key for the upstream connection pool (the host as
+/// parsed, name or address, and the port; no text is built for it).
 fn group_key(plan: &Plan) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    plan.dest.host.to_text().hash(&mut h);
+    plan.dest.host.hash(&mut h);
     plan.dest.port.hash(&mut h);
     h.finish()
 }
@@ -103,6 +104,11 @@ impl ProxyHttp for Forward {
     fn new_ctx(&self) -> Ctx {
         Ctx::default()
     }
+
+    /// No downstream modules. Pingora's default adds its response
+    /// compression module, disabled (level 0), which still builds a context
+    /// and runs its filters on every request; the proxy never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn on_connection_reuse(
         &self,
@@ -331,11 +337,11 @@ impl ProxyHttp for Forward {
         self.shared.metrics.request(verdict, reason, plan.method);
         self.shared.audit.write(&Record {
             event: crate::audit::Event::Request,
-            org: Some(plan.org.clone()),
+            org: Some(&plan.org),
             client: plan.client,
             method: plan.method,
             scheme: Some(plan.dest.scheme.as_str()),
-            host: Some(plan.dest.host.to_text()),
+            host: Some(&plan.dest.host),
             port: Some(plan.dest.port),
             dialed: ctx.dialed,
             verdict,

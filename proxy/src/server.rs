@@ -446,7 +446,7 @@ fn count_denial(
     shared.metrics.request(Verdict::Deny, reason, ctx.method);
     shared.audit.write(&Record {
         event: crate::audit::Event::Request,
-        org: ctx.org.clone(),
+        org: ctx.org.as_deref(),
         client: ctx.client,
         method: ctx.method,
         scheme: dest.map(|d| {
@@ -456,7 +456,7 @@ fn count_denial(
                 d.scheme.as_str()
             }
         }),
-        host: dest.map(|d| d.host.to_text()),
+        host: dest.map(|d| &d.host),
         port: dest.map(|d| d.port),
         dialed: None,
         verdict: Verdict::Deny,
