@@ -21,6 +21,7 @@ pub mod origin;
 pub mod pg;
 pub mod procstatus;
 pub mod proxy;
+pub mod refresh_history;
 pub mod startup;
 pub mod tls_origin;
 pub mod token_endpoint;
