@@ -283,24 +283,39 @@ struct LeaseTask {
     seen_version: i64,
 }
 
+/// The line a fault point prints on stderr before it pauses:
+/// `CHOKEPOINT_TEST_FAULT point=<point> credential=<id>` (a test reads it
+/// to SIGKILL or SIGSTOP the process exactly there).
+pub const FAULT_MARKER: &str = "CHOKEPOINT_TEST_FAULT";
+
 /// Test-only fault points (docs/refresh.md): act only when
 /// `CHOKEPOINT_TEST_FAULTS` is set AND `CHOKEPOINT_ENV` is not `production`.
-fn fault_pause(point: &str) {
+/// `point=millis,…`: at that point, print [`FAULT_MARKER`] and sleep (the
+/// test kills or stops the process meanwhile). The sleep does not block the
+/// runtime: other requests go on.
+async fn fault_pause(point: &str, credential: &str) {
     if std::env::var("CHOKEPOINT_ENV").as_deref() == Ok("production") {
         return;
     }
     let Ok(spec) = std::env::var("CHOKEPOINT_TEST_FAULTS") else {
         return;
     };
-    // `point=millis,…`: sleep there (the test SIGKILLs the process meanwhile).
-    for part in spec.split(',') {
-        if let Some((p, ms)) = part.split_once('=') {
-            if p == point {
-                if let Ok(ms) = ms.parse::<u64>() {
-                    std::thread::sleep(Duration::from_millis(ms.min(10_000)));
-                }
-            }
+    let ms = spec.split(',').find_map(|part| {
+        let (p, ms) = part.split_once('=')?;
+        if p == point {
+            ms.parse::<u64>().ok()
+        } else {
+            None
         }
+    });
+    if let Some(ms) = ms {
+        {
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{FAULT_MARKER} point={point} credential={credential}");
+            let _ = err.flush();
+        }
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     }
 }
 
@@ -345,7 +360,7 @@ impl LeaseTask {
         let answer = self.call_with_renewal(&token_url, &material).await;
         match answer {
             Ok(a) => {
-                fault_pause("after_answer");
+                fault_pause("after_answer", &self.id).await;
                 let now = crate::unix_now();
                 let next_material = RefreshMaterial {
                     refresh_token: a.refresh_token.as_ref().map_or_else(
@@ -357,12 +372,12 @@ impl LeaseTask {
                 };
                 let exp = a.expires_in.map(|s| now + s.max(1));
                 let next = seal_next(&self.keys, &row, &a.access_token, &next_material, exp, now)?;
-                fault_pause("before_commit");
+                fault_pause("before_commit", &self.id).await;
                 let committed = self
                     .store
                     .commit_refresh(&next, row.version, self.generation)
                     .await;
-                fault_pause("after_commit");
+                fault_pause("after_commit", &self.id).await;
                 match committed {
                     Ok(true) => {
                         self.stats
