@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use e2e::tls_origin::{TestCa, TlsOrigin, percent};
+use e2e::tls_origin::{AuthCheck, TestCa, TlsOrigin, percent};
+use e2e::token_endpoint::{CallResult, StrictEndpoint};
 use e2e::{DnsServer, Response};
 
 const CTL: &str = env!("CARGO_BIN_EXE_egressctl");
@@ -80,6 +81,15 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Self::build(None)
+    }
+
+    /// An environment whose origin accepts a bearer only if `check` says so.
+    fn with_origin_auth(check: AuthCheck) -> Env {
+        Self::build(Some(check))
+    }
+
+    fn build(auth: Option<AuthCheck>) -> Env {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let dir =
@@ -96,10 +106,11 @@ impl Env {
             &[CAL, MAIL, READS, REBIND, MIXED],
             &["127.0.0.2"],
         );
-        let origin = TlsOrigin::start(
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0),
-            &ca,
-        );
+        let origin_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0);
+        let origin = match auth {
+            Some(check) => TlsOrigin::start_with_auth(origin_addr, &ca, check),
+            None => TlsOrigin::start(origin_addr, &ca),
+        };
         let port = origin.addr.port().to_string();
         std::fs::write(&policy, POLICY.replace("ORIGIN_PORT", &port)).unwrap();
         let dns = DnsServer::start();
@@ -1350,4 +1361,273 @@ fn credential_cli_add_with_refresh_token() {
     let mut hits = scan(&env.db, &needles);
     hits.extend(scan(&wal, &needles));
     assert!(hits.is_empty(), "{hits:?}");
+}
+
+/// Pipe `text` through `promtool check metrics` (when promtool is there,
+/// required under CHOKEPOINT_REQUIRE_PRIVILEGED=1).
+fn promtool_check_metrics(text: &str) {
+    if !e2e::require("promtool", e2e::have_tool("promtool")) {
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of one sample line `name{labels} value` in a metrics text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// OAuth refresh on the request path (docs/refresh.md), against the real
+/// worker binary, the strict fake token endpoint served over HTTP on
+/// 127.0.0.2 and an integration origin that accepts a bearer only if the
+/// endpoint says it is valid (401 otherwise). Access tokens live 6 s.
+#[test]
+fn oauth_refresh_on_the_request_path() {
+    if !e2e::require("openssl", have_openssl()) {
+        return;
+    }
+    const LIFETIME: u64 = 6;
+    const CLIENT_SECRET: &str = "client-secret-e2e-3f9a7c21";
+    let ep = Arc::new(
+        StrictEndpoint::new(Duration::ZERO)
+            .with_access_lifetime(Duration::from_secs(LIFETIME))
+            .with_client("cal-client", CLIENT_SECRET),
+    );
+    let check = Arc::clone(&ep);
+    let env = Env::with_origin_auth(Arc::new(move |t: &str| check.access_valid(t)));
+    let (token_url, _server) = ep.serve(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0),
+        None,
+    );
+    let secret_file = env.dir.join("client.secret");
+    std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
+    let first_rt = ep.grant();
+    let out = env.ctl(
+        &[
+            "credential",
+            "add",
+            "--store",
+            &env.store(),
+            "--policy",
+            env.policy.to_str().unwrap(),
+            "--org",
+            "acme",
+            "--integration",
+            "calendar",
+            "--refresh-token-stdin",
+            "--token-url",
+            &token_url,
+            "--client-id",
+            "cal-client",
+            "--client-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+        &format!("{first_rt}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "credential add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = Worker::start(
+        &env,
+        &env.key_file,
+        &["--refresh-lease-secs", "5", "--refresh-deadline-ms", "3000"],
+    );
+    let (run, handles) = w.run("acme", &["calendar"], 600);
+    let handle = handles["calendar"].as_str().unwrap().to_owned();
+    const BODY: &str = "{\"summary\":\"standup\"}";
+    let req = serde_json::json!({
+        "method": "POST",
+        "url": env.url(CAL, "/events"),
+        "headers": {"Content-Type": "application/json"},
+        "body": BODY,
+        "credential": handle,
+    });
+    let mut answers = String::new();
+    let mut call = |what: &str| -> (u16, serde_json::Value) {
+        let (status, v) = w.request(&run, &req);
+        answers.push_str(&v.to_string());
+        answers.push('\n');
+        eprintln!("{what}: {status} {v}");
+        (status, v)
+    };
+    let rotations = |ep: &StrictEndpoint| {
+        ep.calls()
+            .iter()
+            .filter(|c| matches!(c.result, CallResult::Rotated(..)))
+            .count()
+    };
+
+    // 1. No access token yet: the first request waits for the refresh.
+    let (status, v) = call("first");
+    assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+    assert_eq!(rotations(&ep), 1);
+
+    // 2. Steady load (a request every 200 ms) across 3 more refreshes:
+    // every request succeeds, the origin sees only valid tokens, and each
+    // refresh comes at about 3/4 of the lifetime, before the token expires.
+    let started = Instant::now();
+    while rotations(&ep) < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "only {} rotations",
+            rotations(&ep)
+        );
+        let (status, v) = call("steady");
+        assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let calls = ep.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    for pair in calls.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        // 3/4 of 6 s (the worker counts whole seconds): under 5 s; a
+        // refresh at expiry would come after at least 5 s.
+        assert!(gap < Duration::from_secs(5), "refresh after {gap:?}");
+    }
+    assert!(
+        env.origin.auth_log().iter().all(|(_, ok)| *ok),
+        "{:?}",
+        env.origin.auth_log()
+    );
+    let m = w.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "worker_token_refreshes_total{outcome=\"refreshed\",trigger=\"expired\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "worker_token_refreshes_total{outcome=\"refreshed\",trigger=\"due\"}"
+        ),
+        3.0
+    );
+
+    // 3. The integration revokes the current access token: the next
+    // request gets a 401, which makes exactly one refresh, and the same
+    // request (body included) is retried once with the new token.
+    // (Once the worker uses the newest token.)
+    let current = ep.latest_access().unwrap();
+    for _ in 0..10 {
+        let (status, _) = call("settle");
+        assert_eq!(status, 200);
+        if env.origin.auth_log().last().unwrap().0 == current {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(env.origin.auth_log().last().unwrap().0, current);
+    let before = ep.calls().len();
+    let seen_before = env.origin.seen().len();
+    ep.revoke_access(&current);
+    let (status, v) = call("after revoke");
+    assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+    assert_eq!(ep.calls().len(), before + 1, "{:?}", ep.calls());
+    let fresh = ep.latest_access().unwrap();
+    assert_ne!(fresh, current);
+    let log = env.origin.auth_log();
+    assert_eq!(
+        &log[log.len() - 2..],
+        &[(current.clone(), false), (fresh.clone(), true)]
+    );
+    let seen = env.origin.seen();
+    assert_eq!(seen.len(), seen_before + 2);
+    for s in &seen[seen_before..] {
+        assert_eq!((s.method.as_str(), s.body_len), ("POST", BODY.len()));
+    }
+    let m = w.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "worker_token_refreshes_total{outcome=\"refreshed\",trigger=\"unauthorized\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sample(&m, "worker_credentials_needs_reauth"), 0.0);
+
+    // 4. The provider revokes the grant: the next refresh gets
+    // invalid_grant, the credential is dead, requests are refused with
+    // `needs_reauth` and the gauge counts it.
+    assert!(ep.revoke_family_of(&fresh));
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never needs_reauth"
+        );
+        let (status, v) = call("after invalid_grant");
+        if status == 403 {
+            assert_eq!(v["reason"], "needs_reauth", "{v}");
+            break;
+        }
+        // Meanwhile the integration refuses the revoked token (the 401
+        // comes back as the upstream status).
+        assert_eq!((status, v["status"].as_u64()), (200, Some(401)), "{v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, v) = call("dead");
+    assert_eq!((status, v["reason"].as_str()), (403, Some("needs_reauth")));
+    let m = w.metrics();
+    assert_eq!(sample(&m, "worker_credentials_needs_reauth"), 1.0);
+    assert_eq!(sample(&m, "worker_refresh_orphans_total"), 0.0);
+    promtool_check_metrics(&m);
+
+    // The history: no refresh token was ever presented twice, and the only
+    // family revoked is the one the provider revoked itself.
+    let calls = ep.calls();
+    let mut presented: Vec<&str> = calls.iter().map(|c| c.presented.as_str()).collect();
+    presented.sort_unstable();
+    presented.dedup();
+    assert_eq!(presented.len(), calls.len(), "{calls:?}");
+    assert_eq!(ep.revoked_families(), 1);
+    assert_eq!(ep.http_counts().bad_client, 0);
+
+    // No token, refresh token or client secret in any answer, the audit
+    // log or the worker's output.
+    let mut secrets = vec![first_rt.clone(), CLIENT_SECRET.to_owned()];
+    for c in &calls {
+        if let CallResult::Rotated(a, r) = &c.result {
+            secrets.push(a.clone());
+            secrets.push(r.clone());
+        }
+    }
+    let audit = w.audit_text();
+    assert!(audit.contains("needs_reauth"), "{audit}");
+    let stderr = w.stderr.lock().unwrap().join("\n");
+    for s in &secrets {
+        assert_clean("an answer", &answers, s);
+        assert_clean("the audit log", &audit, s);
+        assert_clean("the worker's output", &stderr, s);
+    }
 }

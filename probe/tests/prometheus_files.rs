@@ -75,6 +75,8 @@ fn alert_rules_use_metrics_the_binaries_export() {
         "egress_audit_write_errors_total",
         "worker_token_echo_total",
         "controller_last_reconcile_timestamp_seconds",
+        "worker_refresh_orphans_total",
+        "worker_credentials_needs_reauth",
     ] {
         assert!(rules.contains(name), "alerts.yml does not use {name}");
         assert!(exported.contains(name), "no binary exports {name}");

@@ -134,11 +134,18 @@ impl TestCa {
     }
 }
 
+/// Decides whether a bearer token is valid (see
+/// [`TlsOrigin::start_with_auth`]).
+pub type AuthCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
     stop: AtomicBool,
+    auth: Option<AuthCheck>,
+    /// (bearer token presented, accepted).
+    auth_log: Mutex<Vec<(String, bool)>>,
 }
 
 /// The TLS origin; stops on drop.
@@ -151,6 +158,19 @@ pub struct TlsOrigin {
 impl TlsOrigin {
     /// Listen on `addr` (port 0 picks one) with the leaf of `ca`.
     pub fn start(addr: SocketAddr, ca: &TestCa) -> TlsOrigin {
+        Self::start_inner(addr, ca, None)
+    }
+
+    /// The same origin, but an integration that checks its bearer token:
+    /// a request whose `Authorization: Bearer` token `check` refuses (or
+    /// that has none) is answered `401` with `WWW-Authenticate: Bearer
+    /// error="invalid_token"`, before any route. Every check is recorded
+    /// ([`TlsOrigin::auth_log`]).
+    pub fn start_with_auth(addr: SocketAddr, ca: &TestCa, check: AuthCheck) -> TlsOrigin {
+        Self::start_inner(addr, ca, Some(check))
+    }
+
+    fn start_inner(addr: SocketAddr, ca: &TestCa, auth: Option<AuthCheck>) -> TlsOrigin {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca.cert_pem)
             .unwrap()
             .collect::<Result<_, _>>()
@@ -167,7 +187,10 @@ impl TlsOrigin {
         let config = Arc::new(config);
         let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            auth,
+            ..Shared::default()
+        });
         let sh = Arc::clone(&shared);
         // Blocking accept (no polling delay); `Drop` wakes it with a connection.
         std::thread::spawn(move || {
@@ -187,6 +210,12 @@ impl TlsOrigin {
     /// Requests seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// With [`TlsOrigin::start_with_auth`]: every bearer token presented
+    /// and whether it was accepted, in order.
+    pub fn auth_log(&self) -> Vec<(String, bool)> {
+        self.shared.auth_log.lock().unwrap().clone()
     }
 
     /// TCP connections accepted so far.
@@ -267,6 +296,20 @@ fn serve(tcp: TcpStream, config: &Arc<rustls::ServerConfig>, sh: &Shared) {
         .unwrap_or("")
         .to_owned();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if let Some(check) = &sh.auth {
+        let ok = !token.is_empty() && check(&token);
+        sh.auth_log.lock().unwrap().push((token.clone(), ok));
+        if !ok {
+            let _ = write!(
+                tls,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer error=\"invalid_token\"\r\nContent-Type: application/json\r\nContent-Length: 25\r\nConnection: close\r\n\r\n{{\"error\":\"invalid_token\"}}"
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            return;
+        }
+    }
     let _ = match path {
         "/echo" => echo(&mut tls, &token),
         "/redirect" => {

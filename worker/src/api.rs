@@ -43,8 +43,8 @@ pub struct App {
     pub policy: Arc<Policy>,
     /// The broker.
     pub broker: Broker,
-    /// The pinned client.
-    pub client: PinnedClient,
+    /// The pinned client (shared with the token endpoint client).
+    pub client: Arc<PinnedClient>,
     /// Metrics.
     pub metrics: Metrics,
     /// The audit log.
@@ -229,6 +229,13 @@ impl App {
             return Ok(refuse(Reason::Unauthorized, None));
         }
         if method == HttpMethod::GET && path == "/metrics" {
+            if let Some(r) = self.broker.refresher() {
+                self.metrics.sync_refresh(&r.stats);
+            }
+            // A store error keeps the last value.
+            if let Ok(n) = self.broker.store().count_needs_reauth().await {
+                self.metrics.needs_reauth.set(n);
+            }
             let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

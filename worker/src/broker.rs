@@ -16,14 +16,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use netpolicy::{Policy, Reason};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
 use crate::credential::{HeaderTemplate, new_id, open_token};
 use crate::crypto::Keyring;
-use crate::store::{HandleRecord, RunRecord, Store};
+use crate::refresh::{Outcome, ProviderError, Refresher, Trigger};
+use crate::store::{CredentialRecord, HandleRecord, RunRecord, Store};
 
 /// Longest run TTL a caller may ask for (and renewals extend by the TTL).
 pub const MAX_TTL_SECS: i64 = 24 * 3600;
@@ -35,6 +37,13 @@ pub const RUN_CONCURRENCY: usize = 8;
 /// automaton of the token's encodings, which costs more than the rest of the
 /// request's own work. Cleared when full.
 const SCRUBBER_CACHE: usize = 1024;
+/// While another replica holds the lease and the token is expired (or was
+/// refused), the row is read again this often.
+const BUSY_PAUSE: Duration = Duration::from_millis(200);
+/// A 401 from an integration makes at most one provider refresh per
+/// credential per this interval (in this process): an endpoint that always
+/// answers 401 must not rotate the token on every request.
+pub const UNAUTHORIZED_REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// A credential ready to inject: the header and the token, in memory only.
 pub struct Injection {
@@ -46,6 +55,13 @@ pub struct Injection {
     pub token: SecretString,
     /// The default rules plus this token's live forms.
     pub scrubber: scrub::Scrubber,
+    /// The credential.
+    pub credential_id: String,
+    /// The row version the token was read from.
+    pub version: i64,
+    /// Whether the credential refreshes (OAuth): a 401 may be retried once
+    /// with a new token.
+    pub refreshing: bool,
 }
 
 impl std::fmt::Debug for Injection {
@@ -72,6 +88,11 @@ pub struct Broker {
     keys: Arc<Keyring>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     scrubbers: Mutex<HashMap<(String, i64), scrub::Scrubber>>,
+    refresher: Option<Arc<Refresher>>,
+    /// How long a request waits for a refresh it needs.
+    refresh_wait: Duration,
+    /// Credential → when a 401 last made a provider refresh.
+    unauthorized_at: Mutex<HashMap<String, Instant>>,
 }
 
 /// A store or crypto failure, already mapped to a reason.
@@ -90,7 +111,23 @@ impl Broker {
             keys,
             limits: Mutex::new(HashMap::new()),
             scrubbers: Mutex::new(HashMap::new()),
+            refresher: None,
+            refresh_wait: Duration::ZERO,
+            unauthorized_at: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same broker refreshing OAuth credentials with `refresher`; a
+    /// request that needs a new token waits for it at most `wait`.
+    pub fn with_refresher(mut self, refresher: Arc<Refresher>, wait: Duration) -> Broker {
+        self.refresher = Some(refresher);
+        self.refresh_wait = wait;
+        self
+    }
+
+    /// The refresher, if OAuth refresh is on.
+    pub fn refresher(&self) -> Option<&Arc<Refresher>> {
+        self.refresher.as_ref()
     }
 
     /// The store (readiness checks).
@@ -240,7 +277,10 @@ impl Broker {
 
     /// Resolve a handle presented on `run` (already alive) into the
     /// credential to inject. Every refusal is `invalid_handle`, except a
-    /// credential that exists but cannot be opened (`invalid_credential`).
+    /// credential that exists but cannot be opened (`invalid_credential`),
+    /// one whose refresh was refused for good (`needs_reauth`), and an
+    /// OAuth credential whose access token expired and could not be
+    /// refreshed in time (`dependency_unavailable`).
     pub async fn resolve(
         &self,
         run: &RunRecord,
@@ -264,20 +304,9 @@ impl Broker {
             return Err(Reason::InvalidHandle);
         }
         let cred = self
-            .store
-            .credential(&rec.credential_id)
-            .await
-            .map_err(internal)?
-            .filter(|c| c.org == run.org && c.integration == rec.integration)
-            .ok_or(Reason::InvalidHandle)?;
-        // The provider refused its refresh for good: say so (docs/refresh.md).
-        if cred.status == crate::store::NEEDS_REAUTH {
-            return Err(Reason::NeedsReauth);
-        }
-        let token = open_token(&self.keys, &cred).map_err(|e| {
-            tracing::error!(credential = %cred.id, error = %e, "cannot open a credential");
-            Reason::InvalidCredential
-        })?;
+            .read_credential(&rec.credential_id, &run.org, &rec.integration)
+            .await?;
+        let (cred, token) = self.usable(cred).await?;
         let template = HeaderTemplate {
             name: cred.header_name.clone(),
             value: cred.header_template.clone(),
@@ -288,7 +317,172 @@ impl Broker {
             template,
             token,
             scrubber,
+            credential_id: cred.id.clone(),
+            version: cred.version,
+            refreshing: cred.refresh_ct.is_some(),
         })
+    }
+
+    /// The row of a resolved handle, still of this org and integration.
+    async fn read_credential(
+        &self,
+        id: &str,
+        org: &str,
+        integration: &str,
+    ) -> BrokerResult<CredentialRecord> {
+        self.store
+            .credential(id)
+            .await
+            .map_err(internal)?
+            .filter(|c| c.org == org && c.integration == integration)
+            .ok_or(Reason::InvalidHandle)
+    }
+
+    /// A usable token of `cred` (docs/refresh.md, "On the request path"):
+    /// a plain credential as stored; an OAuth credential past three
+    /// quarters of its token's lifetime is refreshed in the background
+    /// while the current token is used; an expired one (or one without an
+    /// access token yet) waits for the refresh, at most `refresh_wait`.
+    async fn usable(
+        &self,
+        mut cred: CredentialRecord,
+    ) -> BrokerResult<(CredentialRecord, SecretString)> {
+        let deadline = Instant::now() + self.refresh_wait;
+        loop {
+            // The provider refused its refresh for good: say so.
+            if cred.status == crate::store::NEEDS_REAUTH {
+                return Err(Reason::NeedsReauth);
+            }
+            let token = open_token(&self.keys, &cred).map_err(|e| {
+                tracing::error!(credential = %cred.id, error = %e, "cannot open a credential");
+                Reason::InvalidCredential
+            })?;
+            if cred.refresh_ct.is_none() {
+                return Ok((cred, token));
+            }
+            let now = crate::unix_now();
+            let expired = token.expose_secret().is_empty()
+                || cred.access_expires_at.is_some_and(|exp| now >= exp);
+            let Some(refresher) = &self.refresher else {
+                return if expired {
+                    Err(Reason::DependencyUnavailable)
+                } else {
+                    Ok((cred, token))
+                };
+            };
+            if !expired {
+                if crate::refresh::due(&cred, now) {
+                    refresher.spawn_refresh(Trigger::Due, &cred.id, cred.version);
+                }
+                return Ok((cred, token));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(credential = %cred.id, "access token expired; no refresh in time");
+                return Err(Reason::DependencyUnavailable);
+            }
+            let outcome = tokio::time::timeout(
+                left,
+                refresher.refresh_for(Trigger::Expired, &cred.id, cred.version),
+            )
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Transient("wait".to_owned())));
+            match outcome {
+                Ok(Outcome::NeedsReauth) => return Err(Reason::NeedsReauth),
+                Ok(Outcome::Refreshed | Outcome::Recovered | Outcome::AlreadyFresh) => {}
+                // Another replica holds the lease: read the row again soon.
+                Ok(Outcome::Busy | Outcome::Orphaned) => {
+                    tokio::time::sleep(BUSY_PAUSE.min(left)).await;
+                }
+                Ok(Outcome::Unavailable) | Err(ProviderError::Transient(_)) => {
+                    return Err(Reason::DependencyUnavailable);
+                }
+                Err(ProviderError::OAuth(_)) => return Err(Reason::InvalidCredential),
+            }
+            cred = self
+                .read_credential(&cred.id, &cred.org, &cred.integration)
+                .await?;
+        }
+    }
+
+    /// The integration answered 401 to `used`'s token: refresh once (with
+    /// the version used, so a refresh done meanwhile is not repeated) and
+    /// resolve the handle again. `Some` with a newer token to retry with,
+    /// `None` to return the 401 as it is, `needs_reauth` if the provider
+    /// refused the refresh for good.
+    pub async fn after_unauthorized(
+        &self,
+        run: &RunRecord,
+        handle: &str,
+        used: &Injection,
+    ) -> BrokerResult<Option<Injection>> {
+        let Some(refresher) = &self.refresher else {
+            return Ok(None);
+        };
+        if !used.refreshing {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + self.refresh_wait;
+        let row = self
+            .store
+            .credential(&used.credential_id)
+            .await
+            .map_err(internal)?
+            .ok_or(Reason::InvalidHandle)?;
+        if row.version == used.version {
+            // Only one provider refresh per interval for 401s.
+            let allowed = match self.unauthorized_at.lock() {
+                Ok(mut m) => {
+                    let recent = m
+                        .get(&used.credential_id)
+                        .is_some_and(|t| t.elapsed() < UNAUTHORIZED_REFRESH_EVERY);
+                    if !recent {
+                        if m.len() >= SCRUBBER_CACHE {
+                            m.retain(|_, t| t.elapsed() < UNAUTHORIZED_REFRESH_EVERY);
+                        }
+                        m.insert(used.credential_id.clone(), Instant::now());
+                    }
+                    !recent
+                }
+                Err(_) => false,
+            };
+            if !allowed {
+                return Ok(None);
+            }
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                let outcome = tokio::time::timeout(
+                    left,
+                    refresher.refresh_for(Trigger::Unauthorized, &used.credential_id, used.version),
+                )
+                .await;
+                match outcome {
+                    Ok(Ok(Outcome::NeedsReauth)) => return Err(Reason::NeedsReauth),
+                    Ok(Ok(Outcome::Refreshed | Outcome::Recovered | Outcome::AlreadyFresh)) => {
+                        break;
+                    }
+                    Ok(Ok(Outcome::Busy | Outcome::Orphaned)) => {
+                        // Another replica is refreshing: wait for its commit.
+                        tokio::time::sleep(BUSY_PAUSE.min(left)).await;
+                        match self.store.credential(&used.credential_id).await {
+                            Ok(Some(r)) if r.version != used.version => break,
+                            Ok(Some(r)) if r.status == crate::store::NEEDS_REAUTH => {
+                                return Err(Reason::NeedsReauth);
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) => return Err(Reason::InvalidHandle),
+                            Err(e) => return Err(internal(e)),
+                        }
+                    }
+                    Ok(Ok(Outcome::Unavailable) | Err(_)) | Err(_) => return Ok(None),
+                }
+            }
+        }
+        let fresh = self.resolve(run, handle, crate::unix_now()).await?;
+        Ok((fresh.version != used.version).then_some(fresh))
     }
 
     /// The scrubber for this credential version (cached).

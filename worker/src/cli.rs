@@ -25,6 +25,8 @@ use crate::broker::Broker;
 use crate::client::PinnedClient;
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
+use crate::provider::HttpProvider;
+use crate::refresh::{RefreshConfig, Refresher};
 use crate::store::{self, Store};
 
 /// The master key file (base64 of 32 random bytes; more lines = older keys).
@@ -60,9 +62,38 @@ pub struct WorkerArgs {
     /// answer 200 at start (required in production) and while serving.
     #[arg(long = "proxy-admin", value_name = "IP:PORT")]
     pub proxy_admin: Option<String>,
+    /// OAuth refresh: the lease on a credential row, seconds
+    /// (docs/refresh.md). Keep it shorter than the provider's reuse window.
+    #[arg(long = "refresh-lease-secs", default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(i64).range(2..=3600))]
+    pub refresh_lease_secs: i64,
+    /// OAuth refresh: the provider call's whole deadline (retries
+    /// included), milliseconds; must be shorter than the lease.
+    #[arg(long = "refresh-deadline-ms", default_value_t = 20_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub refresh_deadline_ms: u64,
     /// Validate the configuration and the keys, then exit.
     #[arg(long)]
     pub check: bool,
+}
+
+impl WorkerArgs {
+    /// The refresh timing from the flags; the deadline must be shorter
+    /// than the lease (else the lease could expire mid-call).
+    pub fn refresh_config(&self) -> Result<RefreshConfig, String> {
+        let lease_ms = u64::try_from(self.refresh_lease_secs).unwrap_or(0) * 1000;
+        if self.refresh_deadline_ms >= lease_ms {
+            return Err(format!(
+                "--refresh-deadline-ms {} must be shorter than --refresh-lease-secs {} ({lease_ms} ms)",
+                self.refresh_deadline_ms, self.refresh_lease_secs
+            ));
+        }
+        Ok(RefreshConfig {
+            lease_secs: self.refresh_lease_secs,
+            call_deadline: Duration::from_millis(self.refresh_deadline_ms),
+            ..RefreshConfig::default()
+        })
+    }
 }
 
 /// Where to listen.
@@ -218,9 +249,16 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let refresh_cfg = match args.refresh_config() {
+        Ok(c) => c,
+        Err(e) => {
+            say(&e);
+            return ExitCode::from(64);
+        }
+    };
     let extra: Vec<&Path> = args.extra_ca.iter().map(PathBuf::as_path).collect();
     let client = match PinnedClient::new(&args.dns_server, &extra) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             say(&e.to_string());
             return ExitCode::from(64);
@@ -258,9 +296,20 @@ async fn run(args: WorkerArgs, mode: mode::Mode) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    // One refresher per process, shared by every request: single flight
+    // per credential, the provider call detached from the request.
+    let provider = Arc::new(HttpProvider::new(client.clone(), policy.clone()));
+    let refresher = Arc::new(Refresher::new(
+        store.clone(),
+        keys.clone(),
+        provider,
+        refresh_cfg,
+    ));
+    // A request needing a new token waits for the whole provider call at most.
+    let refresh_wait = refresh_cfg.call_deadline + Duration::from_secs(2);
     let app = Arc::new(App {
         policy,
-        broker: Broker::new(store, keys),
+        broker: Broker::new(store, keys).with_refresher(refresher, refresh_wait),
         client,
         metrics,
         audit,

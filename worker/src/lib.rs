@@ -19,7 +19,9 @@
 //! Layout: [`crypto`] (AES-256-GCM envelope, keyed handle hashes),
 //! [`store`] (the `Store` trait, SQLite), [`credential`] (sealing and the
 //! header template), [`broker`] (runs and handles), [`tool`] (one request,
-//! in the documented order), [`client`] (the pinned connector), [`api`]
+//! in the documented order), [`client`] (the pinned connector),
+//! [`refresh`] (OAuth refresh under a fenced lease) and [`provider`] (the
+//! token endpoint client), [`api`]
 //! (the HTTP API), [`audit`], [`metrics`].
 //!
 //! Must never: return, log or store a token or a handle in clear; allow on
@@ -35,6 +37,7 @@ pub mod credential;
 pub mod crypto;
 pub mod metrics;
 pub mod production;
+pub mod provider;
 pub mod refresh;
 pub mod store;
 pub mod tool;

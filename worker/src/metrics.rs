@@ -4,6 +4,7 @@
 //! the number of series stays bounded. Must never: use a host, a path, an
 //! org, a run id or any caller-supplied text as a label value.
 
+use crate::refresh::{ERROR_OUTCOME, Outcome, RefreshStats, Trigger};
 use netpolicy::{Method, Reason};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -32,6 +33,17 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// `worker_inflight_requests`.
     pub inflight: IntGauge,
+    /// `worker_credentials_needs_reauth`: credentials in the store whose
+    /// refresh the provider refused for good (read at each scrape).
+    pub needs_reauth: IntGauge,
+    /// `worker_refresh_orphans_total`: provider answers this process could
+    /// not commit (lease lost) and parked in the orphans table (alert).
+    pub refresh_orphans: IntCounter,
+    /// `worker_token_refreshes_total{trigger,outcome}`: refreshes the
+    /// request path asked for, by trigger and outcome.
+    pub refreshes: IntCounterVec,
+    /// Serializes [`Metrics::sync_refresh`].
+    sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +83,21 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let inflight = IntGauge::new("worker_inflight_requests", "Tool requests in flight.")?;
+        let needs_reauth = IntGauge::new(
+            "worker_credentials_needs_reauth",
+            "Credentials whose OAuth refresh the provider refused for good (re-authorize them).",
+        )?;
+        let refresh_orphans = IntCounter::new(
+            "worker_refresh_orphans_total",
+            "Token endpoint answers whose fenced commit failed, parked in the orphans table.",
+        )?;
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "worker_token_refreshes_total",
+                "OAuth token refreshes asked for by the request path, by trigger and outcome.",
+            ),
+            &["trigger", "outcome"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(token_echo.clone()))?;
         registry.register(Box::new(truncated.clone()))?;
@@ -79,6 +106,15 @@ impl Metrics {
         registry.register(Box::new(unauthorized.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(needs_reauth.clone()))?;
+        registry.register(Box::new(refresh_orphans.clone()))?;
+        registry.register(Box::new(refreshes.clone()))?;
+        for trigger in Trigger::ALL {
+            for outcome in Outcome::ALL {
+                refreshes.with_label_values(&[trigger.as_str(), outcome.as_str()]);
+            }
+            refreshes.with_label_values(&[trigger.as_str(), ERROR_OUTCOME]);
+        }
         for cause in ["deleted", "expired"] {
             runs_ended.with_label_values(&[cause]);
         }
@@ -92,7 +128,28 @@ impl Metrics {
             unauthorized,
             request_seconds,
             inflight,
+            needs_reauth,
+            refresh_orphans,
+            refreshes,
+            sync: std::sync::Arc::new(std::sync::Mutex::new(())),
         })
+    }
+
+    /// Bring the refresh counters up to the refresher's own counts (called
+    /// before each scrape).
+    pub fn sync_refresh(&self, stats: &RefreshStats) {
+        let Ok(_one) = self.sync.lock() else {
+            return;
+        };
+        let orphans = stats.orphans.load(std::sync::atomic::Ordering::Relaxed);
+        self.refresh_orphans
+            .inc_by(orphans.saturating_sub(self.refresh_orphans.get()));
+        for (trigger, outcome, n) in stats.outcomes() {
+            let c = self
+                .refreshes
+                .with_label_values(&[trigger.as_str(), outcome]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
     }
 
     /// Count one tool request.

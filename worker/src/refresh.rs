@@ -141,7 +141,81 @@ pub struct RefreshStats {
     pub orphans: std::sync::atomic::AtomicU64,
     /// Commits done.
     pub refreshed: std::sync::atomic::AtomicU64,
+    /// Refreshes asked for by the request path, by (trigger, outcome).
+    by_outcome: std::sync::Mutex<HashMap<(Trigger, &'static str), u64>>,
 }
+
+impl RefreshStats {
+    /// Refreshes asked for by the request path so far, by (trigger, outcome
+    /// label: [`Outcome::as_str`] or `error`).
+    pub fn outcomes(&self) -> Vec<(Trigger, &'static str, u64)> {
+        match self.by_outcome.lock() {
+            Ok(m) => m.iter().map(|((t, o), n)| (*t, *o, *n)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn count(&self, trigger: Trigger, outcome: &'static str) {
+        if let Ok(mut m) = self.by_outcome.lock() {
+            *m.entry((trigger, outcome)).or_default() += 1;
+        }
+    }
+}
+
+/// Why the request path asked for a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Three quarters of the access token's lifetime passed (`due`); the
+    /// current token is still used meanwhile (background).
+    Due,
+    /// The access token expired (or there is none yet): the request waits.
+    Expired,
+    /// The integration answered 401 to the current token.
+    Unauthorized,
+}
+
+impl Trigger {
+    /// Every trigger.
+    pub const ALL: [Trigger; 3] = [Trigger::Due, Trigger::Expired, Trigger::Unauthorized];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Due => "due",
+            Trigger::Expired => "expired",
+            Trigger::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Refreshed,
+        Outcome::Recovered,
+        Outcome::AlreadyFresh,
+        Outcome::Busy,
+        Outcome::Orphaned,
+        Outcome::Unavailable,
+        Outcome::NeedsReauth,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refreshed => "refreshed",
+            Outcome::Recovered => "recovered",
+            Outcome::AlreadyFresh => "already_fresh",
+            Outcome::Busy => "busy",
+            Outcome::Orphaned => "orphaned",
+            Outcome::Unavailable => "unavailable",
+            Outcome::NeedsReauth => "needs_reauth",
+        }
+    }
+}
+
+/// The outcome label of a refresh that returned an error.
+pub const ERROR_OUTCOME: &str = "error";
 
 /// Whether `c` is due for a refresh at `now`: three quarters of its
 /// lifetime (from its last update to its expiry) have passed.
@@ -162,8 +236,24 @@ pub struct Refresher {
     provider: Arc<dyn Provider>,
     cfg: RefreshConfig,
     flights: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    background: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Counters.
     pub stats: Arc<RefreshStats>,
+}
+
+/// Removes a credential from the set of background refreshes when the
+/// background task ends (even by a panic).
+struct BackgroundSlot {
+    refresher: Arc<Refresher>,
+    id: String,
+}
+
+impl Drop for BackgroundSlot {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.refresher.background.lock() {
+            b.remove(&self.id);
+        }
+    }
 }
 
 fn store_err(e: StoreError) -> ProviderError {
@@ -223,11 +313,65 @@ impl Refresher {
             provider,
             cfg,
             flights: std::sync::Mutex::new(HashMap::new()),
+            background: std::sync::Mutex::new(std::collections::HashSet::new()),
             stats: Arc::new(RefreshStats::default()),
         }
     }
 
+    /// The timing this refresher runs with.
+    pub fn config(&self) -> RefreshConfig {
+        self.cfg
+    }
+
+    /// [`Refresher::refresh`], counted under `trigger` in the stats.
+    pub async fn refresh_for(
+        &self,
+        trigger: Trigger,
+        id: &str,
+        seen_version: i64,
+    ) -> Result<Outcome, ProviderError> {
+        let r = self.refresh(id, seen_version).await;
+        self.stats.count(
+            trigger,
+            match &r {
+                Ok(o) => o.as_str(),
+                Err(_) => ERROR_OUTCOME,
+            },
+        );
+        r
+    }
+
+    /// Start a refresh of `id` in the background (the caller keeps using
+    /// its current token), unless one started here is still running.
+    pub fn spawn_refresh(self: &Arc<Self>, trigger: Trigger, id: &str, seen_version: i64) {
+        match self.background.lock() {
+            Ok(mut b) => {
+                if !b.insert(id.to_owned()) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        let slot = BackgroundSlot {
+            refresher: self.clone(),
+            id: id.to_owned(),
+        };
+        tokio::spawn(async move {
+            let r = slot
+                .refresher
+                .refresh_for(trigger, &slot.id, seen_version)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(credential = %slot.id, error = %e, "background refresh failed");
+            }
+            drop(slot);
+        });
+    }
+
     /// Refresh credential `id`, which the caller saw at `seen_version`.
+    ///
+    /// Cancel-safe: once the lease is taken, the provider call and the
+    /// commit run in their own task, which a dropped caller does not stop.
     pub async fn refresh(&self, id: &str, seen_version: i64) -> Result<Outcome, ProviderError> {
         let flight = match self.flights.lock() {
             Ok(mut f) => f.entry(id.to_owned()).or_default().clone(),

@@ -179,6 +179,19 @@ fn caller_headers(req: &ToolRequest) -> Result<Vec<(HeaderName, HeaderValue)>, R
     Ok(out)
 }
 
+/// The credential header of an injection (marked sensitive).
+fn auth_header(inj: &Injection) -> Result<(HeaderName, HeaderValue), Reason> {
+    let name = HeaderName::from_bytes(inj.template.name.as_bytes())
+        .map_err(|_| Reason::InvalidCredential)?;
+    let rendered = inj
+        .template
+        .render(&inj.token)
+        .map_err(|_| Reason::InvalidCredential)?;
+    let mut v = HeaderValue::from_str(&rendered).map_err(|_| Reason::InvalidCredential)?;
+    v.set_sensitive(true);
+    Ok((name, v))
+}
+
 /// The Host header for a destination.
 fn host_header(dest: &Destination) -> String {
     let default = match dest.scheme {
@@ -263,27 +276,16 @@ impl Tool<'_> {
             trace.integration = Some(inj.integration.clone());
             injection = Some(inj);
         }
-        let auth = match &injection {
-            Some(inj) => Some((
-                HeaderName::from_bytes(inj.template.name.as_bytes())
-                    .map_err(|_| Reason::InvalidCredential)?,
-                {
-                    let rendered = inj
-                        .template
-                        .render(&inj.token)
-                        .map_err(|_| Reason::InvalidCredential)?;
-                    let mut v =
-                        HeaderValue::from_str(&rendered).map_err(|_| Reason::InvalidCredential)?;
-                    v.set_sensitive(true);
-                    v
-                },
-            )),
+        let mut auth = match &injection {
+            Some(inj) => Some(auth_header(inj)?),
             None => None,
         };
-        let scrubber = match &injection {
+        let mut scrubber = match &injection {
             Some(inj) => inj.scrubber.clone(),
             None => Scrubber::new(),
         };
+        // A 401 to an OAuth token is retried once with a refreshed token.
+        let mut retried_401 = false;
         let first_host = parsed.dest.host.clone();
         let mut url = req.url.clone();
         let mut method_now = method;
@@ -310,10 +312,12 @@ impl Tool<'_> {
                 builder = builder.header(http::header::USER_AGENT, "chokepoint-worker");
             }
             // The credential goes only to the host it was checked for, over https.
+            let mut sent_credential = false;
             if let Some((n, v)) = &auth {
                 if parsed.dest.host == first_host && parsed.dest.scheme == netpolicy::Scheme::Https
                 {
                     builder = builder.header(n, v.clone());
+                    sent_credential = true;
                 }
             }
             trace.bytes_up += body_now.len() as u64;
@@ -326,6 +330,32 @@ impl Tool<'_> {
                     .map_err(|_| Reason::UpstreamTimeout)??;
             let status = resp.status();
             trace.status = status.as_u16();
+            if status == http::StatusCode::UNAUTHORIZED && sent_credential && !retried_401 {
+                retried_401 = true;
+                if let (Some(used), Some(handle)) = (&injection, &req.credential) {
+                    if used.refreshing {
+                        let fresh = tokio::time::timeout_at(
+                            deadline,
+                            self.broker.after_unauthorized(run, handle, used),
+                        )
+                        .await
+                        .unwrap_or(Ok(None))?;
+                        if let Some(fresh) = fresh {
+                            // The body is in memory: the same request again,
+                            // with the new token; the answer is scrubbed of
+                            // both tokens.
+                            drop(resp);
+                            auth = Some(auth_header(&fresh)?);
+                            scrubber = scrub::Scrubber::with_live_secrets([
+                                secrecy::ExposeSecret::expose_secret(&used.token),
+                                secrecy::ExposeSecret::expose_secret(&fresh.token),
+                            ]);
+                            injection = Some(fresh);
+                            continue;
+                        }
+                    }
+                }
+            }
             let location = resp
                 .headers()
                 .get(http::header::LOCATION)
