@@ -39,9 +39,9 @@ pub struct Grant {
     pub credential: String,
     /// Its first refresh token (from [`crate::token_endpoint::StrictEndpoint::grant`]).
     pub refresh_token: String,
-    /// Its first access token (not issued by the endpoint; valid until the
-    /// first refresh).
-    pub access_token: String,
+    /// Its first access token, if it has one (not issued by the endpoint;
+    /// valid until the first refresh).
+    pub access_token: Option<String>,
 }
 
 /// One credential row at the end, opened with the master key.
@@ -227,7 +227,9 @@ pub fn check(h: &History) -> Report {
     let mut access_family: HashMap<&str, &str> = HashMap::new();
     for g in &h.grants {
         family.insert(&g.refresh_token, &g.credential);
-        access_family.insert(&g.access_token, &g.credential);
+        if let Some(a) = &g.access_token {
+            access_family.insert(a, &g.credential);
+        }
     }
     let mut presented: HashSet<&str> = HashSet::new();
     let mut revoked: HashSet<&str> = HashSet::new();
@@ -363,6 +365,7 @@ mod tests {
         Call {
             presented: presented.to_owned(),
             result,
+            at: std::time::Instant::now(),
         }
     }
 
@@ -402,12 +405,12 @@ mod tests {
                 Grant {
                     credential: "c1".into(),
                     refresh_token: "r1-0".into(),
-                    access_token: "a1-0".into(),
+                    access_token: Some("a1-0".into()),
                 },
                 Grant {
                     credential: "c2".into(),
                     refresh_token: "r2-0".into(),
-                    access_token: "a2-0".into(),
+                    access_token: None,
                 },
             ],
             calls: vec![
