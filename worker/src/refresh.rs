@@ -416,6 +416,17 @@ impl Refresher {
     }
 }
 
+/// The lease was lost before the provider call (nothing was presented).
+struct LeaseLost;
+
+/// Why the provider call loop stopped without an answer of the provider.
+enum Stop {
+    /// The lease was lost before an attempt.
+    LeaseLost,
+    /// The deadline passed (maybe with an attempt in flight).
+    Deadline,
+}
+
 struct LeaseTask {
     store: Arc<dyn Store>,
     keys: Arc<Keyring>,
@@ -501,7 +512,10 @@ impl LeaseTask {
             .token_url
             .clone()
             .ok_or_else(|| ProviderError::OAuth("no token url".to_owned()))?;
-        let answer = self.call_with_renewal(&token_url, &material).await;
+        let Ok(answer) = self.call_with_renewal(&token_url, &material).await else {
+            tracing::warn!(credential = %self.id, "refresh: lease lost before the provider call; the refresh token was not presented");
+            return Ok(Outcome::Busy);
+        };
         match answer {
             Ok(a) => {
                 fault_pause("after_answer", &self.id).await;
@@ -566,11 +580,14 @@ impl LeaseTask {
 
     /// The provider call, retried with backoff within the deadline, while
     /// the lease is renewed.
+    ///
+    /// `Err(LeaseLost)` when the lease was no longer ours before an attempt:
+    /// the refresh token was not presented then.
     async fn call_with_renewal(
         &self,
         token_url: &str,
         m: &RefreshMaterial,
-    ) -> Result<TokenAnswer, ProviderError> {
+    ) -> Result<Result<TokenAnswer, ProviderError>, LeaseLost> {
         let call = async {
             let mut backoff = self.cfg.backoff;
             let mut last = ProviderError::Transient("no attempt".to_owned());
@@ -579,13 +596,20 @@ impl LeaseTask {
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                 }
+                // Present the refresh token only while the lease is
+                // still ours: a replica paused (GC, SIGSTOP, VM freeze)
+                // after it read the row may wake up after another one
+                // rotated that token; presenting it then is a reuse.
+                if !self.confirm_lease().await {
+                    return Err(Stop::LeaseLost);
+                }
                 match self.provider.refresh(token_url, m).await {
-                    Ok(a) => return Ok(a),
-                    Err(ProviderError::OAuth(c)) => return Err(ProviderError::OAuth(c)),
+                    Ok(a) => return Ok(Ok(a)),
+                    Err(ProviderError::OAuth(c)) => return Ok(Err(ProviderError::OAuth(c))),
                     Err(e) => last = e,
                 }
             }
-            Err(last)
+            Ok(Err(last))
         };
         let renew_every = Duration::from_millis(
             u64::try_from(self.cfg.lease_secs.max(1)).unwrap_or(1) * 1000 / 3,
@@ -605,14 +629,55 @@ impl LeaseTask {
                 }
             }
         };
-        tokio::select! {
+        let first = tokio::select! {
             r = tokio::time::timeout(self.cfg.call_deadline, call) => {
-                r.unwrap_or_else(|_| Err(ProviderError::Transient("deadline".to_owned())))
+                r.unwrap_or(Err(Stop::Deadline))
             }
             () = async { renew.await; std::future::pending::<()>().await } => {
-                Err(ProviderError::Transient("unreachable".to_owned()))
+                Ok(Err(ProviderError::Transient("unreachable".to_owned())))
+            }
+        };
+        match first {
+            Ok(r) => Ok(r),
+            Err(Stop::LeaseLost) => Err(LeaseLost),
+            // The deadline cut an attempt whose outcome is unknown: the
+            // provider may have rotated the token and its answer been lost
+            // (a pause of this process, a lost response). Present it once
+            // more now, while still inside the provider's reuse window,
+            // which answers the same pair again; leaving it to the next
+            // request (maybe hours later) would present it outside the
+            // window and revoke the family (docs/refresh.md).
+            Err(Stop::Deadline) => {
+                if !self.confirm_lease().await {
+                    return Err(LeaseLost);
+                }
+                Ok(tokio::time::timeout(
+                    self.cfg.call_deadline,
+                    self.provider.refresh(token_url, m),
+                )
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Transient("deadline".to_owned()))))
             }
         }
+    }
+
+    /// Whether the lease is still ours, renewed for a whole lease from now:
+    /// a fenced renewal (`WHERE generation = mine`) that must also have
+    /// been quick (a pause during it would leave the renewed lease nearly
+    /// spent by the time the token is presented).
+    async fn confirm_lease(&self) -> bool {
+        let started = std::time::Instant::now();
+        let until = crate::unix_now() + self.cfg.lease_secs;
+        let renewed = matches!(
+            self.store
+                .renew_lease(&self.id, self.generation, until)
+                .await,
+            Ok(true)
+        );
+        let margin = Duration::from_millis(
+            u64::try_from(self.cfg.lease_secs.max(1)).unwrap_or(1) * 1000 / 3,
+        );
+        renewed && started.elapsed() < margin
     }
 
     async fn orphan(&self, next: &CredentialRecord, now: i64) {
