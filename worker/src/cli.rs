@@ -203,6 +203,16 @@ where
         Ok(m) => m,
         Err(code) => return code,
     };
+    // Warnings and errors (refresh failures, orphans, store errors) to
+    // stderr; `RUST_LOG` overrides. Never a token, secret or body.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -464,5 +474,45 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<WorkerArgs, clap::Error> {
+        let mut args = vec!["worker", "--policy", "p.yaml"];
+        args.extend_from_slice(extra);
+        WorkerArgs::try_parse_from(args)
+    }
+
+    #[test]
+    fn refresh_flags() {
+        let d = parse(&[]).unwrap().refresh_config().unwrap();
+        assert_eq!(d.lease_secs, 30);
+        assert_eq!(d.call_deadline, Duration::from_secs(20));
+        let short = parse(&["--refresh-lease-secs", "5", "--refresh-deadline-ms", "3000"])
+            .unwrap()
+            .refresh_config()
+            .unwrap();
+        assert_eq!(
+            (short.lease_secs, short.call_deadline),
+            (5, Duration::from_millis(3000))
+        );
+        // The deadline must be shorter than the lease.
+        let e = parse(&["--refresh-lease-secs", "5", "--refresh-deadline-ms", "5000"])
+            .unwrap()
+            .refresh_config()
+            .unwrap_err();
+        assert!(e.contains("--refresh-deadline-ms"), "{e}");
+        for bad in [
+            &["--refresh-lease-secs", "1"][..],
+            &["--refresh-lease-secs", "-3"],
+            &["--refresh-deadline-ms", "10"],
+            &["--refresh-lease-secs", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

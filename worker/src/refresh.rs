@@ -236,20 +236,48 @@ pub struct Refresher {
     provider: Arc<dyn Provider>,
     cfg: RefreshConfig,
     flights: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    background: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Background refreshes: `None` while one runs, `Some(t)`: none before
+    /// `t` (after one that changed nothing).
+    background: std::sync::Mutex<HashMap<String, Option<std::time::Instant>>>,
     /// Counters.
     pub stats: Arc<RefreshStats>,
 }
 
-/// Removes a credential from the set of background refreshes when the
-/// background task ends (even by a panic).
+/// After a background refresh that changed nothing (another replica holds
+/// the lease, the provider is down), no other starts for this long: the
+/// current token is still valid, and requests must not hammer the store or
+/// the provider.
+const BACKGROUND_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// Clears a credential's background entry if its task ends without
+/// recording an outcome (a panic).
 struct BackgroundSlot {
     refresher: Arc<Refresher>,
     id: String,
+    done: bool,
+}
+
+impl BackgroundSlot {
+    fn finish(mut self, cooldown: Option<Duration>) {
+        if let Ok(mut b) = self.refresher.background.lock() {
+            match cooldown {
+                Some(d) => {
+                    b.insert(self.id.clone(), Some(std::time::Instant::now() + d));
+                }
+                None => {
+                    b.remove(&self.id);
+                }
+            }
+        }
+        self.done = true;
+    }
 }
 
 impl Drop for BackgroundSlot {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         if let Ok(mut b) = self.refresher.background.lock() {
             b.remove(&self.id);
         }
@@ -313,7 +341,7 @@ impl Refresher {
             provider,
             cfg,
             flights: std::sync::Mutex::new(HashMap::new()),
-            background: std::sync::Mutex::new(std::collections::HashSet::new()),
+            background: std::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(RefreshStats::default()),
         }
     }
@@ -342,29 +370,50 @@ impl Refresher {
     }
 
     /// Start a refresh of `id` in the background (the caller keeps using
-    /// its current token), unless one started here is still running.
+    /// its current token), unless one started here is still running or one
+    /// that changed nothing ended less than `BACKGROUND_COOLDOWN` ago.
     pub fn spawn_refresh(self: &Arc<Self>, trigger: Trigger, id: &str, seen_version: i64) {
         match self.background.lock() {
             Ok(mut b) => {
-                if !b.insert(id.to_owned()) {
-                    return;
+                let now = std::time::Instant::now();
+                match b.get(id) {
+                    Some(None) => return,
+                    Some(Some(until)) if now < *until => return,
+                    _ => {}
                 }
+                if b.len() >= 4096 {
+                    b.retain(|_, v| v.is_none_or(|until| now < until));
+                }
+                b.insert(id.to_owned(), None);
             }
             Err(_) => return,
         }
         let slot = BackgroundSlot {
             refresher: self.clone(),
             id: id.to_owned(),
+            done: false,
         };
         tokio::spawn(async move {
             let r = slot
                 .refresher
                 .refresh_for(trigger, &slot.id, seen_version)
                 .await;
-            if let Err(e) = r {
-                tracing::warn!(credential = %slot.id, error = %e, "background refresh failed");
-            }
-            drop(slot);
+            let cooldown = match &r {
+                Ok(
+                    Outcome::Refreshed
+                    | Outcome::Recovered
+                    | Outcome::AlreadyFresh
+                    | Outcome::NeedsReauth,
+                ) => None,
+                Ok(Outcome::Busy | Outcome::Orphaned | Outcome::Unavailable) => {
+                    Some(BACKGROUND_COOLDOWN)
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %slot.id, error = %e, "background refresh failed");
+                    Some(BACKGROUND_COOLDOWN)
+                }
+            };
+            slot.finish(cooldown);
         });
     }
 
