@@ -140,8 +140,8 @@ impl Point {
             Point::AfterAnswer => ("after_answer=400", "after_answer"),
             // Printed just before the commit statement; the kill races it.
             Point::DuringCommit => ("before_commit=3", "before_commit"),
-            // Stopped at once by the harness; the sleep is what remains.
-            Point::Paused => ("after_answer=50", "after_answer"),
+            // Stopped by the harness within this pause (then held past the lease).
+            Point::Paused => ("after_answer=300", "after_answer"),
         }
     }
 }
