@@ -1,6 +1,8 @@
 //! Refresh storm: N credentials expiring together across R replicas (R
 //! `Refresher`s on one store, each with its own pool), against the strict
-//! fake token endpoint. Prints the time to refresh all, the provider calls
+//! fake token endpoint — served over HTTP on 127.0.0.2 and called with the
+//! worker's own `HttpProvider` (pinned client, address policy, form body,
+//! `client_secret_basic`), or in-process with `--provider inproc`. Prints the time to refresh all, the provider calls
 //! (must equal N: each credential refreshed exactly once), the families
 //! revoked (must be 0) and the store's SQL statements per refresh, counted
 //! for real: a `tracing` layer counts sqlx's statement events (target
@@ -35,6 +37,10 @@ struct Args {
     /// Replicas.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// `http` (the worker's HttpProvider against the endpoint served on
+    /// 127.0.0.2) or `inproc` (the endpoint called in-process).
+    #[arg(long, default_value = "http")]
+    provider: String,
 }
 
 struct Fake(Arc<StrictEndpoint>);
@@ -132,7 +138,25 @@ async fn main() -> anyhow::Result<()> {
             .try_init()?;
     }
     let keys = Arc::new(worker::crypto::Keyring::from_keys(&[[9u8; 32]])?);
-    let ep = Arc::new(StrictEndpoint::default());
+    let ep = Arc::new(StrictEndpoint::default().with_client("c", "s"));
+    let http = match a.provider.as_str() {
+        "http" => true,
+        "inproc" => false,
+        other => anyhow::bail!("--provider {other}: write `http` or `inproc`"),
+    };
+    // The endpoint over HTTP on 127.0.0.2 (the policy exempts exactly it;
+    // 127.0.0.1 stays refused by the provider's address check).
+    let (token_url, _server) = ep.serve(
+        std::net::SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+            0,
+        ),
+        None,
+    );
+    let policy = Arc::new(netpolicy::Policy::from_yaml(
+        "storm.yaml",
+        "version: v1\nunsafe_allow_ranges: [127.0.0.2/32]\norgs:\n  storm:\n    integrations:\n      i:\n        hosts: [api.storm-bench.com]\n",
+    )?);
     let setup = worker::store::open(&a.store).await?;
     let tpl = worker::credential::HeaderTemplate::parse(worker::credential::DEFAULT_HEADER)?;
     let now = worker::unix_now();
@@ -151,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
             client_id: "c".into(),
             client_secret: "s".into(),
         };
-        let c = worker::refresh::with_refresh(&keys, &c, &m, "https://t.invalid/token", Some(now))?;
+        let c = worker::refresh::with_refresh(&keys, &c, &m, &token_url, Some(now))?;
         setup.insert_credential(&c).await?;
         ids.push((c.id.clone(), c.version));
     }
@@ -163,12 +187,13 @@ async fn main() -> anyhow::Result<()> {
     let mut replicas = Vec::new();
     for _ in 0..a.replicas {
         let s = worker::store::open(&a.store).await?;
-        replicas.push(Arc::new(Refresher::new(
-            s,
-            keys.clone(),
-            Arc::new(Fake(ep.clone())),
-            cfg,
-        )));
+        let provider: Arc<dyn Provider> = if http {
+            let client = Arc::new(worker::client::PinnedClient::new(&[], &[])?);
+            Arc::new(worker::provider::HttpProvider::new(client, policy.clone()))
+        } else {
+            Arc::new(Fake(ep.clone()))
+        };
+        replicas.push(Arc::new(Refresher::new(s, keys.clone(), provider, cfg)));
     }
     let ids = Arc::new(ids);
     counter.on.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -201,8 +226,9 @@ async fn main() -> anyhow::Result<()> {
     let calls = ep.calls().len();
     let statements = counter.total();
     println!(
-        "refresh-storm store={} credentials={} replicas={} refreshed={} provider_calls={} families_revoked={} time_to_refresh_all={:.3}s per_refresh={:.2}ms statements={} statements_per_refresh={:.2} by_kind={}",
+        "refresh-storm store={} provider={} credentials={} replicas={} refreshed={} provider_calls={} families_revoked={} time_to_refresh_all={:.3}s per_refresh={:.2}ms statements={} statements_per_refresh={:.2} by_kind={}",
         a.store.split(':').next().unwrap_or(""),
+        a.provider,
         a.credentials,
         a.replicas,
         refreshed,
