@@ -84,7 +84,11 @@ const PAUSE: Duration = Duration::from_millis(6_000);
 const CLIENTS: usize = 8;
 const CLIENT_GAP: Duration = Duration::from_millis(10);
 /// Bounds of one scenario.
-const KILL_PHASE_MAX: Duration = Duration::from_secs(400);
+/// The fault phase's bound: 120 s + 6 s per fault (a pause holds a replica
+/// 6 s, then rests it for the reuse window).
+fn kill_phase_max(faults: usize) -> Duration {
+    Duration::from_secs(120 + 6 * u64::try_from(faults).unwrap_or(u64::MAX / 8))
+}
 const RECOVERY: Duration = Duration::from_secs(LIFETIME_SECS + LEASE_SECS + 3);
 
 /// One test at a time in this binary: each drives three replicas and a load.
@@ -701,7 +705,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
         rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
         outages: Vec::new(),
     };
-    let end = Instant::now() + KILL_PHASE_MAX;
+    let end = Instant::now() + kill_phase_max(target);
     while f.done < target && Instant::now() < end {
         drain(&rx, &mut fleet, &env, point, &mut f);
     }
