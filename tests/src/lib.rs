@@ -22,6 +22,7 @@ pub mod pg;
 pub mod procstatus;
 pub mod promtool;
 pub mod proxy;
+pub mod refresh_history;
 pub mod startup;
 pub mod tls_origin;
 pub mod token_endpoint;

@@ -465,6 +465,17 @@ impl Refresher {
     }
 }
 
+/// The lease was lost before the provider call (nothing was presented).
+struct LeaseLost;
+
+/// Why the provider call loop stopped without an answer of the provider.
+enum Stop {
+    /// The lease was lost before an attempt.
+    LeaseLost,
+    /// The deadline passed (maybe with an attempt in flight).
+    Deadline,
+}
+
 struct LeaseTask {
     store: Arc<dyn Store>,
     keys: Arc<Keyring>,
@@ -476,24 +487,39 @@ struct LeaseTask {
     seen_version: i64,
 }
 
+/// The line a fault point prints on stderr before it pauses:
+/// `CHOKEPOINT_TEST_FAULT point=<point> credential=<id>` (a test reads it
+/// to SIGKILL or SIGSTOP the process exactly there).
+pub const FAULT_MARKER: &str = "CHOKEPOINT_TEST_FAULT";
+
 /// Test-only fault points (docs/refresh.md): act only when
 /// `CHOKEPOINT_TEST_FAULTS` is set AND `CHOKEPOINT_ENV` is not `production`.
-fn fault_pause(point: &str) {
+/// `point=millis,…`: at that point, print [`FAULT_MARKER`] and sleep (the
+/// test kills or stops the process meanwhile). The sleep does not block the
+/// runtime: other requests go on.
+async fn fault_pause(point: &str, credential: &str) {
     if std::env::var("CHOKEPOINT_ENV").as_deref() == Ok("production") {
         return;
     }
     let Ok(spec) = std::env::var("CHOKEPOINT_TEST_FAULTS") else {
         return;
     };
-    // `point=millis,…`: sleep there (the test SIGKILLs the process meanwhile).
-    for part in spec.split(',') {
-        if let Some((p, ms)) = part.split_once('=') {
-            if p == point {
-                if let Ok(ms) = ms.parse::<u64>() {
-                    std::thread::sleep(Duration::from_millis(ms.min(10_000)));
-                }
-            }
+    let ms = spec.split(',').find_map(|part| {
+        let (p, ms) = part.split_once('=')?;
+        if p == point {
+            ms.parse::<u64>().ok()
+        } else {
+            None
         }
+    });
+    if let Some(ms) = ms {
+        {
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{FAULT_MARKER} point={point} credential={credential}");
+            let _ = err.flush();
+        }
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     }
 }
 
@@ -535,10 +561,13 @@ impl LeaseTask {
             .token_url
             .clone()
             .ok_or_else(|| ProviderError::OAuth("no token url".to_owned()))?;
-        let answer = self.call_with_renewal(&token_url, &material).await;
+        let Ok(answer) = self.call_with_renewal(&token_url, &material).await else {
+            tracing::warn!(credential = %self.id, "refresh: lease lost before the provider call; the refresh token was not presented");
+            return Ok(Outcome::Busy);
+        };
         match answer {
             Ok(a) => {
-                fault_pause("after_answer");
+                fault_pause("after_answer", &self.id).await;
                 let now = crate::unix_now();
                 let next_material = RefreshMaterial {
                     refresh_token: a.refresh_token.as_ref().map_or_else(
@@ -550,12 +579,12 @@ impl LeaseTask {
                 };
                 let exp = a.expires_in.map(|s| now + s.max(1));
                 let next = seal_next(&self.keys, &row, &a.access_token, &next_material, exp, now)?;
-                fault_pause("before_commit");
+                fault_pause("before_commit", &self.id).await;
                 let committed = self
                     .store
                     .commit_refresh(&next, row.version, self.generation)
                     .await;
-                fault_pause("after_commit");
+                fault_pause("after_commit", &self.id).await;
                 match committed {
                     Ok(true) => {
                         self.stats
@@ -600,11 +629,14 @@ impl LeaseTask {
 
     /// The provider call, retried with backoff within the deadline, while
     /// the lease is renewed.
+    ///
+    /// `Err(LeaseLost)` when the lease was no longer ours before an attempt:
+    /// the refresh token was not presented then.
     async fn call_with_renewal(
         &self,
         token_url: &str,
         m: &RefreshMaterial,
-    ) -> Result<TokenAnswer, ProviderError> {
+    ) -> Result<Result<TokenAnswer, ProviderError>, LeaseLost> {
         let call = async {
             let mut backoff = self.cfg.backoff;
             let mut last = ProviderError::Transient("no attempt".to_owned());
@@ -613,13 +645,20 @@ impl LeaseTask {
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                 }
+                // Present the refresh token only while the lease is
+                // still ours: a replica paused (GC, SIGSTOP, VM freeze)
+                // after it read the row may wake up after another one
+                // rotated that token; presenting it then is a reuse.
+                if !self.confirm_lease().await {
+                    return Err(Stop::LeaseLost);
+                }
                 match self.provider.refresh(token_url, m).await {
-                    Ok(a) => return Ok(a),
-                    Err(ProviderError::OAuth(c)) => return Err(ProviderError::OAuth(c)),
+                    Ok(a) => return Ok(Ok(a)),
+                    Err(ProviderError::OAuth(c)) => return Ok(Err(ProviderError::OAuth(c))),
                     Err(e) => last = e,
                 }
             }
-            Err(last)
+            Ok(Err(last))
         };
         let renew_every = Duration::from_millis(
             u64::try_from(self.cfg.lease_secs.max(1)).unwrap_or(1) * 1000 / 3,
@@ -639,14 +678,55 @@ impl LeaseTask {
                 }
             }
         };
-        tokio::select! {
+        let first = tokio::select! {
             r = tokio::time::timeout(self.cfg.call_deadline, call) => {
-                r.unwrap_or_else(|_| Err(ProviderError::Transient("deadline".to_owned())))
+                r.unwrap_or(Err(Stop::Deadline))
             }
             () = async { renew.await; std::future::pending::<()>().await } => {
-                Err(ProviderError::Transient("unreachable".to_owned()))
+                Ok(Err(ProviderError::Transient("unreachable".to_owned())))
+            }
+        };
+        match first {
+            Ok(r) => Ok(r),
+            Err(Stop::LeaseLost) => Err(LeaseLost),
+            // The deadline cut an attempt whose outcome is unknown: the
+            // provider may have rotated the token and its answer been lost
+            // (a pause of this process, a lost response). Present it once
+            // more now, while still inside the provider's reuse window,
+            // which answers the same pair again; leaving it to the next
+            // request (maybe hours later) would present it outside the
+            // window and revoke the family (docs/refresh.md).
+            Err(Stop::Deadline) => {
+                if !self.confirm_lease().await {
+                    return Err(LeaseLost);
+                }
+                Ok(tokio::time::timeout(
+                    self.cfg.call_deadline,
+                    self.provider.refresh(token_url, m),
+                )
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Transient("deadline".to_owned()))))
             }
         }
+    }
+
+    /// Whether the lease is still ours, renewed for a whole lease from now:
+    /// a fenced renewal (`WHERE generation = mine`) that must also have
+    /// been quick (a pause during it would leave the renewed lease nearly
+    /// spent by the time the token is presented).
+    async fn confirm_lease(&self) -> bool {
+        let started = std::time::Instant::now();
+        let until = crate::unix_now() + self.cfg.lease_secs;
+        let renewed = matches!(
+            self.store
+                .renew_lease(&self.id, self.generation, until)
+                .await,
+            Ok(true)
+        );
+        let margin = Duration::from_millis(
+            u64::try_from(self.cfg.lease_secs.max(1)).unwrap_or(1) * 1000 / 3,
+        );
+        renewed && started.elapsed() < margin
     }
 
     async fn orphan(&self, next: &CredentialRecord, now: i64) {

@@ -497,3 +497,64 @@ both!(
     sqlite_kill_points_families_lost,
     postgres_kill_points_families_lost
 );
+
+/// Rotates at the provider on every call, but the first answer comes back
+/// only after `delay` (past the refresher's deadline: lost).
+struct SlowFirst {
+    ep: Arc<StrictEndpoint>,
+    calls: AtomicU32,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Provider for SlowFirst {
+    async fn refresh(&self, _url: &str, m: &RefreshMaterial) -> Result<TokenAnswer, ProviderError> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let r = self.ep.refresh(&m.refresh_token);
+        if first {
+            tokio::time::sleep(self.delay).await;
+        }
+        match r {
+            CallResult::Rotated(a, r) | CallResult::Replayed(a, r) => Ok(TokenAnswer {
+                access_token: SecretString::from(a),
+                refresh_token: Some(SecretString::from(r)),
+                expires_in: Some(60),
+            }),
+            CallResult::InvalidGrant => Err(ProviderError::OAuth("invalid_grant".into())),
+        }
+    }
+}
+
+/// The provider rotated but its answer came after the deadline: the
+/// refresher presents the token again at once, inside the reuse window,
+/// gets the same pair and commits it (before the fix: `Unavailable`, and
+/// the next refresh, maybe outside the window, revoked the family).
+async fn answer_lost_to_the_deadline_is_fetched_again(s: Arc<dyn Store>) {
+    let k = keys();
+    let ep = Arc::new(StrictEndpoint::new(Duration::from_secs(60)));
+    let c = refreshing_cred(s.as_ref(), &k, &ep).await;
+    let p = Arc::new(SlowFirst {
+        ep: ep.clone(),
+        calls: AtomicU32::new(0),
+        delay: Duration::from_millis(2_500),
+    });
+    let r = Refresher::new(s.clone(), k.clone(), p, cfg());
+    assert_eq!(
+        r.refresh(&c.id, c.version).await.unwrap(),
+        Outcome::Refreshed
+    );
+    let calls = ep.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(matches!(calls[0].result, CallResult::Rotated(..)));
+    assert!(matches!(calls[1].result, CallResult::Replayed(..)));
+    assert_eq!(ep.revoked_families(), 0);
+    let row = s.credential(&c.id).await.unwrap().unwrap();
+    assert_eq!(row.version, c.version + 1);
+    assert!(ep.access_valid(&access(&k, &row)));
+}
+
+both!(
+    answer_lost_to_the_deadline_is_fetched_again,
+    sqlite_answer_lost_to_the_deadline_is_fetched_again,
+    postgres_answer_lost_to_the_deadline_is_fetched_again
+);
