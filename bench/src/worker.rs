@@ -50,6 +50,10 @@ struct Args {
     /// Requests in flight for the throughput figures.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// TTL of the test DNS server's answer (0: the worker resolves for
+    /// every request).
+    #[arg(long, default_value_t = 60)]
+    dns_ttl: u32,
     /// Stop each measurement after this many seconds.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
@@ -83,6 +87,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     );
     let dns = e2e::DnsServer::start();
     dns.set_static(HOST, &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+    dns.set_ttl(HOST, args.dns_ttl);
     let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
@@ -195,10 +200,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "worker-bench: {} sequential, {} x{} concurrent per path",
+        "worker-bench: {} sequential, {} x{} concurrent per path, DNS TTL {} s",
         lat_direct.len(),
         args.requests,
-        args.concurrency
+        args.concurrency,
+        args.dns_ttl
     )?;
     writeln!(
         out,

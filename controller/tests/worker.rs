@@ -1666,3 +1666,40 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
         assert_clean("the worker's output", &stderr, s);
     }
 }
+
+/// The pinned client keeps an answer that passed the address check for its
+/// TTL (capped) and checks it again on every use; when the TTL runs out the
+/// name is resolved again, and a rebinding to a private address is refused
+/// then, with no connection to it. (TTL-0 answers, the attack's, are never
+/// kept: `deny_table`'s rebinding case.)
+#[test]
+fn dns_answers_kept_for_their_ttl_only() {
+    if !e2e::require("openssl", have_openssl()) {
+        return;
+    }
+    let env = Env::new();
+    env.dns.set_ttl(READS, 30);
+    env.dns.set_ttl(REBIND, 1);
+    let w = env.worker();
+    let (run, _) = w.run("acme", &["calendar"], 600);
+    let get = |host: &str| serde_json::json!({"method": "GET", "url": env.url(host, "/")});
+
+    // Within its TTL, the answer is reused: one query for two requests.
+    for _ in 0..2 {
+        let (status, v) = w.request(&run, &get(READS));
+        assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+    }
+    assert_eq!(env.dns.queries(READS), 1);
+
+    // Rebinding behind a 1 s TTL: the public answer is used while it is
+    // valid; once it expires the private one is looked up and refused.
+    let (status, v) = w.request(&run, &get(REBIND));
+    assert_eq!((status, v["status"].as_u64()), (200, Some(200)), "{v}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    deny(&env, &w, &run, &get(REBIND), "blocked_address");
+    assert_eq!(env.dns.queries(REBIND), 2);
+    // The refused answer is not kept either: asked again, refused again.
+    deny(&env, &w, &run, &get(REBIND), "blocked_address");
+    assert_eq!(env.dns.queries(REBIND), 3);
+    assert_eq!(env.blocked_hits.load(Ordering::SeqCst), 0);
+}

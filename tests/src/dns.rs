@@ -2,8 +2,8 @@
 //!
 //! Each name has a sequence of answers: query N gets answer N, and the last
 //! answer repeats (so `[[good], [127.0.0.1]]` is a rebinding attack: first
-//! a good address, then loopback on every later query). TTL 0. A name with
-//! no entry gets NXDOMAIN.
+//! a good address, then loopback on every later query). TTL 0 unless
+//! [`DnsServer::set_ttl`] says otherwise. A name with no entry gets NXDOMAIN.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -18,6 +18,8 @@ use hickory_proto::rr::{RData, Record, RecordType};
 #[derive(Default)]
 struct Zone {
     answers: HashMap<String, Vec<Vec<IpAddr>>>,
+    /// TTL of a name's answers (0 when absent).
+    ttls: HashMap<String, u32>,
     queries: HashMap<String, usize>,
     /// Every query received, answered or not, by name.
     seen: HashMap<String, usize>,
@@ -73,6 +75,13 @@ impl DnsServer {
         self.set(name, vec![addrs.to_vec()]);
     }
 
+    /// Answer `name` with this TTL (seconds) from now on.
+    pub fn set_ttl(&self, name: &str, ttl: u32) {
+        let mut z = self.zone.lock().unwrap();
+        z.ttls
+            .insert(name.trim_end_matches('.').to_ascii_lowercase(), ttl);
+    }
+
     /// How many queries of any type arrived for `name`, answered or not.
     pub fn seen(&self, name: &str) -> usize {
         let z = self.zone.lock().unwrap();
@@ -121,13 +130,14 @@ fn answer(zone: &Mutex<Zone>, packet: &[u8]) -> Option<Vec<u8>> {
         .get(index.min(seq.len().saturating_sub(1)))
         .cloned()
         .unwrap_or_default();
+    let ttl = z.ttls.get(&name).copied().unwrap_or(0);
     for ip in set {
         let rdata = match (ip, q.query_type()) {
             (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
             (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
             _ => continue,
         };
-        reply.add_answer(Record::from_rdata(q.name().clone(), 0, rdata));
+        reply.add_answer(Record::from_rdata(q.name().clone(), ttl, rdata));
     }
     reply.to_vec().ok()
 }

@@ -348,7 +348,11 @@ impl App {
                 serde_json::from_slice(body).map_err(|_| Reason::MalformedRequest)?;
             method = Method::parse(&req.method);
             let now = crate::unix_now();
-            let run = self.broker.touch_run(run_id, now).await?;
+            let begun = self
+                .broker
+                .begin_request(run_id, req.credential.as_deref(), now)
+                .await?;
+            let run = begun.run;
             record.org.clone_from(&run.org);
             let limiter = self.broker.limiter(&run.id);
             let _permit = limiter
@@ -359,7 +363,7 @@ impl App {
                 broker: &self.broker,
                 client: &self.client,
             };
-            let resp = tool.execute(&run, &req, now, &mut trace).await?;
+            let resp = tool.execute(&run, begun.handle, &req, &mut trace).await?;
             Ok(json(StatusCode::OK, &resp))
         }
         .await;

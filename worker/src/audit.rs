@@ -6,16 +6,18 @@
 //! Every text field passes through the scrubber (with the run's live tokens
 //! when there are some) before it is queued.
 //!
-//! Lines go through a channel to one writer task that writes whatever is
-//! queued as one batch and flushes, so a burst of requests costs one write.
+//! Lines go through a channel to one writer thread that writes whatever is
+//! queued as one batch, so a burst of requests costs one `write(2)`. The
+//! thread writes with blocking calls itself (no hop through the runtime's
+//! blocking pool and back per line).
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::SystemTime;
 
 use scrub::Scrubber;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
 /// One audit record (text fields unscrubbed: [`AuditLog::write`] scrubs).
 #[derive(Debug, Clone, Default)]
@@ -69,25 +71,26 @@ struct Line<'a> {
 /// The audit log handle (cheap to clone).
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::Sender<Vec<u8>>,
 }
 
 impl AuditLog {
-    /// Append to `path`, or write to stdout when `None`. Spawns the writer
-    /// task on the current runtime.
+    /// Append to `path`, or write to stdout when `None`. Starts the writer
+    /// thread, which ends when the last handle is dropped.
     pub async fn open(path: Option<&Path>) -> std::io::Result<AuditLog> {
-        let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match path {
+        let out: Box<dyn Write + Send> = match path {
             Some(p) => Box::new(
-                tokio::fs::OpenOptions::new()
+                std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(p)
-                    .await?,
+                    .open(p)?,
             ),
-            None => Box::new(tokio::io::stdout()),
+            None => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(out, rx));
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || writer(out, &rx))?;
         Ok(AuditLog { tx })
     }
 
@@ -115,29 +118,21 @@ impl AuditLog {
         };
         if let Ok(mut bytes) = serde_json::to_vec(&line) {
             bytes.push(b'\n');
-            // The writer lives as long as the runtime; a send error means
-            // shutdown, and the line has nowhere to go.
+            // The writer lives as long as a handle does; a send error means
+            // it is gone (shutdown), and the line has nowhere to go.
             let _ = self.tx.send(bytes);
         }
     }
 }
 
-async fn writer(
-    mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
+fn writer(mut out: Box<dyn Write + Send>, rx: &mpsc::Receiver<Vec<u8>>) {
     let mut failed = false;
-    while let Some(first) = rx.recv().await {
+    while let Ok(first) = rx.recv() {
         let mut batch = first;
         while let Ok(more) = rx.try_recv() {
             batch.extend_from_slice(&more);
         }
-        let res = async {
-            out.write_all(&batch).await?;
-            out.flush().await
-        }
-        .await;
-        match res {
+        match out.write_all(&batch).and_then(|()| out.flush()) {
             Ok(()) => failed = false,
             Err(e) => {
                 if !failed {

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::credential::{HeaderTemplate, new_id, open_token};
 use crate::crypto::Keyring;
 use crate::refresh::{Outcome, ProviderError, Refresher, Trigger};
-use crate::store::{CredentialRecord, HandleRecord, RunRecord, Store};
+use crate::store::{CredentialRecord, HandleRecord, RequestRows, RunRecord, Store};
 
 /// Longest run TTL a caller may ask for (and renewals extend by the TTL).
 pub const MAX_TTL_SECS: i64 = 24 * 3600;
@@ -69,6 +69,36 @@ impl std::fmt::Debug for Injection {
         f.debug_struct("Injection")
             .field("integration", &self.integration)
             .field("header", &self.template.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tool request's run, read together with the rows of the handle it
+/// presents ([`Broker::begin_request`]).
+#[derive(Debug)]
+pub struct RequestRun {
+    /// The run, alive (renewed if it was due).
+    pub run: RunRecord,
+    /// The presented handle's rows, resolved ([`Broker::resolve_read`]) only
+    /// once the request has been decided.
+    pub handle: PresentedHandle,
+}
+
+/// The rows of a presented handle (if a well-formed handle of the run
+/// matched): opaque outside the broker.
+pub struct PresentedHandle(Option<(HandleRecord, CredentialRecord)>);
+
+impl PresentedHandle {
+    /// No handle rows (no handle presented, or none read).
+    pub fn none() -> PresentedHandle {
+        PresentedHandle(None)
+    }
+}
+
+impl std::fmt::Debug for PresentedHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresentedHandle")
+            .field("found", &self.0.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +265,45 @@ impl Broker {
             .ok_or(Reason::UnknownRun)
     }
 
+    /// The start of a tool request: the run if it is alive (renewed like
+    /// [`Broker::touch_run`]) and the rows of `handle`, read in one store
+    /// query. Nothing is cached between requests, so a revocation is seen
+    /// by the next request in every replica.
+    pub async fn begin_request(
+        &self,
+        run_id: &str,
+        handle: Option<&str>,
+        now: i64,
+    ) -> BrokerResult<RequestRun> {
+        if !valid_id(run_id) {
+            return Err(Reason::UnknownRun);
+        }
+        let hashes = match handle {
+            Some(h) if scrub::handle::is_valid(h) => self.keys.handle_hashes(h),
+            _ => Vec::new(),
+        };
+        let RequestRows { run, handle } = self
+            .store
+            .request_rows(run_id, &hashes)
+            .await
+            .map_err(internal)?
+            .filter(|r| r.run.alive(now))
+            .ok_or(Reason::UnknownRun)?;
+        let run = if run.expires_at - now > run.ttl_secs / 2 {
+            run
+        } else {
+            self.store
+                .renew_run(run_id, now, now + run.ttl_secs)
+                .await
+                .map_err(internal)?
+                .ok_or(Reason::UnknownRun)?
+        };
+        Ok(RequestRun {
+            run,
+            handle: PresentedHandle(handle),
+        })
+    }
+
     /// Delete a run: every handle of it is revoked at once.
     pub async fn end_run(&self, run_id: &str, now: i64) -> BrokerResult<()> {
         if !valid_id(run_id) {
@@ -297,15 +366,45 @@ impl Broker {
             .await
             .map_err(internal)?
             .ok_or(Reason::InvalidHandle)?;
+        Self::bound_to(run, &rec)?;
+        let cred = self
+            .read_credential(&rec.credential_id, &run.org, &rec.integration)
+            .await?;
+        self.inject(rec, cred).await
+    }
+
+    /// [`Broker::resolve`] for a handle whose rows [`Broker::begin_request`]
+    /// read with its run: the same checks and refusals, no second query.
+    pub async fn resolve_read(
+        &self,
+        run: &RunRecord,
+        rows: PresentedHandle,
+        handle: &str,
+    ) -> BrokerResult<Injection> {
+        if !scrub::handle::is_valid(handle) {
+            return Err(Reason::InvalidHandle);
+        }
+        let (rec, cred) = rows.0.ok_or(Reason::InvalidHandle)?;
+        Self::bound_to(run, &rec)?;
+        if cred.org != run.org || cred.integration != rec.integration {
+            return Err(Reason::InvalidHandle);
+        }
+        self.inject(rec, cred).await
+    }
+
+    /// A handle is used only on its own run, org and integrations.
+    fn bound_to(run: &RunRecord, rec: &HandleRecord) -> BrokerResult<()> {
         if rec.run_id != run.id
             || rec.org != run.org
             || !run.integrations.contains(&rec.integration)
         {
             return Err(Reason::InvalidHandle);
         }
-        let cred = self
-            .read_credential(&rec.credential_id, &run.org, &rec.integration)
-            .await?;
+        Ok(())
+    }
+
+    /// The injection for a handle's credential row.
+    async fn inject(&self, rec: HandleRecord, cred: CredentialRecord) -> BrokerResult<Injection> {
         let (cred, token) = self.usable(cred).await?;
         let template = HeaderTemplate {
             name: cred.header_name.clone(),

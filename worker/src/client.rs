@@ -8,10 +8,11 @@
 //! second time), or hand out an address that `netpolicy::check_addrs` did
 //! not return.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
@@ -31,10 +32,23 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one TCP connect + TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a DNS answer is kept, whatever its TTL.
+pub const DNS_CACHE_MAX_TTL: Duration = Duration::from_secs(30);
+/// Names kept at most (expired ones are dropped first, then all).
+const DNS_CACHE_NAMES: usize = 1024;
+
+/// An answer that passed `check_addrs`, until its TTL runs out.
+struct Cached {
+    ips: Vec<IpAddr>,
+    until: Instant,
+}
+
 /// The resolver and TLS configuration.
 pub struct PinnedClient {
     resolver: TokioResolver,
     tls: tokio_rustls::TlsConnector,
+    /// Name (normalized, as in the destination) → its last checked answer.
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl PinnedClient {
@@ -58,8 +72,9 @@ impl PinnedClient {
             let mut opts = ResolverOpts::default();
             opts.use_hosts_file = ResolveHosts::Never;
             opts.timeout = Duration::from_secs(2);
-            // Every request resolves afresh: a cached answer would hide a
-            // rebinding from the check (and TTL-0 answers are the attack).
+            // hickory's own cache is off: answers are kept by `PinnedClient`
+            // only after the address check, for their TTL (capped), and a
+            // TTL-0 answer (the rebinding attack's) is never kept.
             opts.cache_size = 0;
             TokioResolver::builder_with_config(config, provider)
                 .with_options(opts)
@@ -94,34 +109,78 @@ impl PinnedClient {
         Ok(PinnedClient {
             resolver,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Resolve `dest` and validate every answer; the addresses to dial.
+    /// Resolve `dest` (or take its cached answer, still within its TTL) and
+    /// validate every address, on every call; the addresses to dial.
     pub async fn resolve(
         &self,
         policy: &Policy,
         dest: &Destination,
     ) -> Result<Vec<SocketAddr>, Reason> {
-        let ips: Vec<IpAddr> = match &dest.host {
-            Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => {
-                // A trailing dot: the name is absolute, no search domains.
-                let fqdn = format!("{name}.");
-                match tokio::time::timeout(LOOKUP_TIMEOUT, self.resolver.lookup_ip(fqdn)).await {
-                    Ok(Ok(lookup)) => lookup.iter().collect(),
-                    Ok(Err(_)) | Err(_) => return Err(Reason::Unresolvable),
+        let (ips, keep) = match &dest.host {
+            Host::Ip(ip) => (vec![*ip], None),
+            Host::Name(name) => match self.cached(name) {
+                Some(ips) => (ips, None),
+                None => {
+                    // A trailing dot: the name is absolute, no search domains.
+                    let fqdn = format!("{name}.");
+                    match tokio::time::timeout(LOOKUP_TIMEOUT, self.resolver.lookup_ip(fqdn)).await
+                    {
+                        Ok(Ok(lookup)) => {
+                            let ips: Vec<IpAddr> = lookup.iter().collect();
+                            let ttl = answer_ttl(lookup.as_lookup().answers());
+                            (ips, Some((name, ttl)))
+                        }
+                        Ok(Err(_)) | Err(_) => return Err(Reason::Unresolvable),
+                    }
                 }
-            }
+            },
         };
         let ok = netpolicy::check_addrs(policy, dest, &ips)?;
         if ok.is_empty() {
             return Err(Reason::Unresolvable);
         }
+        if let Some((name, ttl)) = keep {
+            self.keep(name, ips, ttl);
+        }
         Ok(ok
             .into_iter()
             .map(|ip| SocketAddr::new(ip, dest.port))
             .collect())
+    }
+
+    /// The cached answer for `name`, if its TTL has not run out.
+    fn cached(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let cache = self.cache.lock().ok()?;
+        let entry = cache.get(name)?;
+        (Instant::now() < entry.until).then(|| entry.ips.clone())
+    }
+
+    /// Keep an answer that passed the check for `ttl` (not at all for 0).
+    fn keep(&self, name: &str, ips: Vec<IpAddr>, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if cache.len() >= DNS_CACHE_NAMES && !cache.contains_key(name) {
+            cache.retain(|_, c| now < c.until);
+            if cache.len() >= DNS_CACHE_NAMES {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            name.to_owned(),
+            Cached {
+                ips,
+                until: now + ttl,
+            },
+        );
     }
 
     /// Connect to the first of `addrs` that accepts (TLS for https), send
@@ -174,6 +233,17 @@ impl PinnedClient {
             _ => Err(Reason::InvalidTarget),
         }
     }
+}
+
+/// How long an answer may be kept: the smallest TTL among its records
+/// (CNAMEs included), capped at [`DNS_CACHE_MAX_TTL`]; zero without records.
+fn answer_ttl(records: &[hickory_resolver::proto::rr::Record]) -> Duration {
+    records
+        .iter()
+        .map(|r| Duration::from_secs(u64::from(r.ttl)))
+        .min()
+        .unwrap_or(Duration::ZERO)
+        .min(DNS_CACHE_MAX_TTL)
 }
 
 async fn handshake<S>(

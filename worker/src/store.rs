@@ -176,6 +176,16 @@ pub struct HandleRecord {
     pub credential_id: String,
 }
 
+/// What one tool request reads, in one query ([`Store::request_rows`]).
+#[derive(Debug, Clone)]
+pub struct RequestRows {
+    /// The run (alive or not: the caller checks).
+    pub run: RunRecord,
+    /// The presented handle of this run, with its credential row, if one of
+    /// the hashes matched a handle of this run whose credential exists.
+    pub handle: Option<(HandleRecord, CredentialRecord)>,
+}
+
 /// The store. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -271,6 +281,15 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<RunRecord>, StoreError>;
     /// Revoke a run and delete its handles; whether it was alive.
     async fn revoke_run(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+    /// The run `run_id` and, when `hashes` is not empty, the handle of THAT
+    /// run whose keyed hash is one of them joined to its credential: one
+    /// query for everything a tool request reads (nothing is cached: a
+    /// revoked run, a deleted handle or credential is seen at once).
+    async fn request_rows(
+        &self,
+        run_id: &str,
+        hashes: &[Vec<u8>],
+    ) -> Result<Option<RequestRows>, StoreError>;
     /// The handle whose keyed hash is one of `hashes`, if its run is alive.
     async fn resolve_handle(
         &self,
@@ -417,6 +436,17 @@ impl SqliteStore {
 const CRED_COLS: &str = "id, org, integration, header_name, header_template, key_id, wrapped_key, token_ct, version, created_at, updated_at, refresh_ct, token_url, access_expires_at, generation, status";
 const ORPHAN_COLS: &str = "id, credential_id, generation, version, key_id, wrapped_key, token_ct, refresh_ct, access_expires_at, created_at";
 const RUN_COLS: &str = "id, org, integrations, ttl_secs, expires_at, revoked_at, created_at";
+/// [`Store::request_rows`]: the run's and the handle's columns renamed, the
+/// credential's under their own names (so one row decoder serves both).
+const REQUEST_COLS: &str = "r.id AS run_id, r.org AS run_org, r.integrations AS run_integrations, \
+     r.ttl_secs AS run_ttl_secs, r.expires_at AS run_expires_at, r.revoked_at AS run_revoked_at, \
+     r.created_at AS run_created_at, h.org AS h_org, h.integration AS h_integration, \
+     h.credential_id AS h_credential_id, c.id AS id, c.org AS org, c.integration AS integration, \
+     c.header_name AS header_name, c.header_template AS header_template, c.key_id AS key_id, \
+     c.wrapped_key AS wrapped_key, c.token_ct AS token_ct, c.version AS version, \
+     c.created_at AS created_at, c.updated_at AS updated_at, c.refresh_ct AS refresh_ct, \
+     c.token_url AS token_url, c.access_expires_at AS access_expires_at, \
+     c.generation AS generation, c.status AS status";
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -853,6 +883,60 @@ impl Store for $ty {
             .await?;
         tx.commit().await?;
         Ok(n == 1)
+    }
+
+    async fn request_rows(
+        &self,
+        run_id: &str,
+        hashes: &[Vec<u8>],
+    ) -> Result<Option<RequestRows>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(self.run(run_id).await?.map(|run| RequestRows { run, handle: None }));
+        }
+        // `$2, $3, …`: one placeholder per hash (one per master key).
+        let placeholders = (2..hashes.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {REQUEST_COLS} FROM runs r \
+             LEFT JOIN handles h ON h.run_id = r.id AND h.hash IN ({placeholders}) \
+             LEFT JOIN credentials c ON c.id = h.credential_id \
+             WHERE r.id = $1"
+        );
+        let mut q = sqlx::query(&sql).bind(run_id);
+        for hash in hashes {
+            q = q.bind(hash);
+        }
+        let Some(row) = q.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let list: String = row.try_get("run_integrations")?;
+        let integrations: Vec<String> =
+            serde_json::from_str(&list).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let run = RunRecord {
+            id: row.try_get("run_id")?,
+            org: row.try_get("run_org")?,
+            integrations,
+            ttl_secs: row.try_get("run_ttl_secs")?,
+            expires_at: row.try_get("run_expires_at")?,
+            revoked_at: row.try_get("run_revoked_at")?,
+            created_at: row.try_get("run_created_at")?,
+        };
+        // No handle matched, or its credential is gone: both columns NULL.
+        let handle = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some((
+                HandleRecord {
+                    run_id: run.id.clone(),
+                    org: row.try_get("h_org")?,
+                    integration: row.try_get("h_integration")?,
+                    credential_id: row.try_get("h_credential_id")?,
+                },
+                Self::cred_from(&row)?,
+            )),
+            None => None,
+        };
+        Ok(Some(RequestRows { run, handle }))
     }
 
     async fn resolve_handle(

@@ -33,7 +33,7 @@ use scrub::Scrubber;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Injection};
+use crate::broker::{Broker, Injection, PresentedHandle};
 use crate::client::PinnedClient;
 use crate::store::RunRecord;
 
@@ -239,12 +239,14 @@ impl Tool<'_> {
         Ok(parsed)
     }
 
-    /// Run one tool request for an alive run. `trace` is filled as it goes.
+    /// Run one tool request for an alive run, with the rows of the handle
+    /// it presents read with the run ([`Broker::begin_request`]). `trace`
+    /// is filled as it goes.
     pub async fn execute(
         &self,
         run: &RunRecord,
+        presented: PresentedHandle,
         req: &ToolRequest,
-        now: i64,
         trace: &mut Trace,
     ) -> Result<ToolResponse, Reason> {
         let deadline = Instant::now() + DEADLINE;
@@ -265,7 +267,7 @@ impl Tool<'_> {
 
         let mut injection: Option<Injection> = None;
         if let Some(handle) = &req.credential {
-            let inj = self.broker.resolve(run, handle, now).await?;
+            let inj = self.broker.resolve_read(run, presented, handle).await?;
             let org = self.policy.org_entry(&run.org).ok_or(Reason::UnknownOrg)?;
             // A token travels only over https, only to its integration's hosts.
             if parsed.dest.scheme != netpolicy::Scheme::Https

@@ -147,6 +147,37 @@ async fn runs_contract(s: &dyn Store) {
     assert_eq!(s.resolve_handle(&[vec![9; 32]], 500).await.unwrap(), None);
     assert_eq!(s.resolve_handle(&[vec![1; 32]], 1_000).await.unwrap(), None);
 
+    // A request's rows in one query: the run, and the handle of THAT run
+    // whose hash is one of those given, joined to its credential.
+    let rows = s
+        .request_rows("r1", &[vec![9; 32], vec![1; 32]])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.run, s.run("r1").await.unwrap().unwrap());
+    let (hr, cr) = rows.handle.unwrap();
+    assert_eq!(hr, h);
+    assert_eq!((cr.id.as_str(), cr.version), (c.id.as_str(), c.version));
+    assert_eq!(cr.token_ct, c.token_ct);
+    assert_eq!(cr.wrapped_key.blob, c.wrapped_key.blob);
+    // No hash, an unknown hash, or another run's handle: the run alone.
+    for (run_id, hashes) in [
+        ("r1", vec![]),
+        ("r1", vec![vec![9; 32]]),
+        ("r1", vec![vec![2; 32]]),
+        ("r2", vec![vec![1; 32]]),
+    ] {
+        let rows = s.request_rows(run_id, &hashes).await.unwrap().unwrap();
+        assert_eq!(rows.run.id, run_id);
+        assert!(rows.handle.is_none(), "{run_id}");
+    }
+    assert!(
+        s.request_rows("nope", &[vec![1; 32]])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     // Renew extends an alive run only.
     let r = s.renew_run("r1", 500, 2_000).await.unwrap().unwrap();
     assert_eq!(r.expires_at, 2_000);
@@ -182,8 +213,21 @@ async fn runs_contract(s: &dyn Store) {
             .unwrap()
             .is_some()
     );
+    assert!(
+        s.request_rows("r3", &[vec![3; 32]])
+            .await
+            .unwrap()
+            .unwrap()
+            .handle
+            .is_some()
+    );
     assert!(s.delete_credential("acme", "calendar").await.unwrap());
     assert_eq!(s.resolve_handle(&[vec![3; 32]], 700).await.unwrap(), None);
+    // Revocation is seen at once: the run is read, its handle is gone.
+    let rows = s.request_rows("r3", &[vec![3; 32]]).await.unwrap().unwrap();
+    assert!(rows.handle.is_none());
+    let rows = s.request_rows("r1", &[vec![1; 32]]).await.unwrap().unwrap();
+    assert!(rows.run.revoked_at.is_some() && rows.handle.is_none());
     s.ping().await.unwrap();
 }
 
