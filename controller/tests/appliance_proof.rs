@@ -271,6 +271,24 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     assert!(m.contains("chokepoint_api_websocket_sessions 0"), "{m}");
     e2e::promtool::check_metrics(&m);
 
+    // The controller's metrics (127.0.0.1:9091, what prometheus.yml
+    // scrapes) carry its worker's series: the worker itself listens on a
+    // 0600 unix socket Prometheus cannot reach.
+    let m = Command::new("curl")
+        .args(["-s", "-m", "5", "http://127.0.0.1:9091/metrics"])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("\ncontroller_worker_scrape_up 1\n"), "{m}");
+    assert!(m.contains("controller_drift_total "), "{m}");
+    assert!(m.contains("# TYPE worker_token_echo_total counter"), "{m}");
+    let token = std::fs::read_to_string(dir.join("worker/service-token")).unwrap();
+    assert!(
+        !m.contains(token.trim()),
+        "the service token is in /metrics"
+    );
+    e2e::promtool::check_metrics(&m);
+
     // 2b. A second org added to the policy: the controller picks it up on
     // its next pass (network, rules, the proxy's policy reloaded), and the
     // two orgs' canaries cannot reach each other.

@@ -689,7 +689,21 @@ fn up(a: &UpArgs) -> Result<(), String> {
     loop {
         match api_ready(&layout, &rec) {
             Ok(()) => break,
-            Err(e) if Instant::now() > deadline => return Err(format!("API not ready: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                // Say what Docker makes of the container (a crash loop
+                // looks like a timeout from here); never its logs.
+                let state = run_cmd(Command::new("docker").args([
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}}, exit code {{.State.ExitCode}}, {{.RestartCount}} restart(s)",
+                    "chokepoint-api",
+                ]))
+                .unwrap_or_else(|e| e);
+                return Err(format!(
+                    "API not ready: {e} (container chokepoint-api: {}; see `docker logs chokepoint-api`)",
+                    state.trim()
+                ));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
