@@ -11,3 +11,4 @@ pub mod network;
 pub mod production;
 pub mod reconcile;
 pub mod supervise;
+pub mod worker_scrape;

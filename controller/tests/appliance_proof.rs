@@ -237,6 +237,28 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
         "handshakes accepted: tls1_2, tls1_3",
         "{v:#}"
     );
+    assert_eq!(check(&v, "api_ready")["ok"], true, "{v:#}");
+
+    // `api_ready` verifies the API's certificate (no `curl -k`): against
+    // another certificate for the very same address it is red.
+    {
+        use controller::cli::appliance::{Layout, api_ready, self_signed_cert};
+        let layout = Layout::new(dir.clone());
+        let rec = layout.load_record().expect("appliance.json");
+        api_ready(&layout, &rec).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let other_layout = Layout::new(other.path().to_path_buf());
+        std::fs::create_dir_all(other_layout.api_dir()).unwrap();
+        let api_ip: std::net::IpAddr = rec.api_addr().rsplit_once(':').unwrap().0.parse().unwrap();
+        self_signed_cert(
+            api_ip,
+            &other_layout.api_cert(),
+            &other_layout.api_dir().join("tls-key.pem"),
+        )
+        .unwrap();
+        let err = api_ready(&other_layout, &rec).unwrap_err();
+        assert!(err.contains("certificate checked against"), "{err}");
+    }
 
     // The API's metrics: on its own port of its egress-network address
     // (plain HTTP, not the TLS port), in the exposition format.
@@ -247,6 +269,24 @@ fn appliance_up_proves_every_boundary_and_down_leaves_nothing() {
     let m = String::from_utf8_lossy(&m.stdout).into_owned();
     assert!(m.contains("chokepoint_api_requests_total{"), "{m}");
     assert!(m.contains("chokepoint_api_websocket_sessions 0"), "{m}");
+    e2e::promtool::check_metrics(&m);
+
+    // The controller's metrics (127.0.0.1:9091, what prometheus.yml
+    // scrapes) carry its worker's series: the worker itself listens on a
+    // 0600 unix socket Prometheus cannot reach.
+    let m = Command::new("curl")
+        .args(["-s", "-m", "5", "http://127.0.0.1:9091/metrics"])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("\ncontroller_worker_scrape_up 1\n"), "{m}");
+    assert!(m.contains("controller_drift_total "), "{m}");
+    assert!(m.contains("# TYPE worker_token_echo_total counter"), "{m}");
+    let token = std::fs::read_to_string(dir.join("worker/service-token")).unwrap();
+    assert!(
+        !m.contains(token.trim()),
+        "the service token is in /metrics"
+    );
     e2e::promtool::check_metrics(&m);
 
     // 2b. A second org added to the policy: the controller picks it up on

@@ -389,3 +389,115 @@ fn a_killed_daemon_takes_its_worker_along() {
         "something still runs from the test directory"
     );
 }
+
+/// `GET /metrics` on the daemon's `--metrics-listen` (127.0.0.1:9091 in its
+/// network namespace, reached with `nsenter`): (HTTP status, body).
+fn scrape_daemon(daemon: u32) -> (u16, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{daemon}/ns/net"))
+        .args([
+            "sh",
+            "-c",
+            "ip link set lo up && curl -s -m 10 -w '\n%{http_code}' http://127.0.0.1:9091/metrics",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The value of an unlabelled sample, if present.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn daemon_metrics_carry_the_workers() {
+    // The worker's socket is 0600 and its own uid's: Prometheus cannot
+    // scrape it, so the controller's /metrics carries the worker's series,
+    // fetched with the service token; a worker that does not answer turns
+    // controller_worker_scrape_up to 0 and the rest is still served.
+    let Some((guard, dir, sock)) = start_daemon("metrics") else {
+        return;
+    };
+    let daemon_pid = guard.daemon.id();
+    let logs = || {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            std::fs::read_to_string(dir.join("daemon.out")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
+        )
+    };
+    let worker = wait_for_worker(daemon_pid, None);
+    wait_healthy(&sock);
+    // Activity the worker counts: two refused calls, one run started.
+    assert_api(&sock);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = scrape_daemon(daemon_pid);
+        if code == 200 && sample(&body, "controller_worker_scrape_up") == Some(1.0) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scrape with the worker's series (last: {code}):\n{body}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sample(&body, "controller_drift_total").is_some(), "{body}");
+    assert_eq!(
+        sample(&body, "worker_runs_started_total"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "worker_api_unauthorized_total"),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE worker_request_seconds histogram"),
+        "{body}"
+    );
+    assert!(!body.contains(SERVICE_TOKEN), "the service token leaked");
+    e2e::promtool::check_metrics(&body);
+
+    // A worker that does not answer (stopped): the controller's own series
+    // within the scrape timeout, the gauge at 0, no worker series.
+    kill("-STOP", worker);
+    let started = Instant::now();
+    let (code, body) = scrape_daemon(daemon_pid);
+    let took = started.elapsed();
+    kill("-CONT", worker);
+    assert_eq!(code, 200, "{body}\n{}", logs());
+    assert_eq!(
+        sample(&body, "controller_worker_scrape_up"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(sample(&body, "controller_drift_total").is_some(), "{body}");
+    assert!(!body.contains("worker_runs_started_total"), "{body}");
+    assert!(took < Duration::from_secs(8), "the scrape took {took:?}");
+    e2e::promtool::check_metrics(&body);
+
+    // Answering again: back to 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&scrape_daemon(daemon_pid).1, "controller_worker_scrape_up") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker's series never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let err = std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default();
+    let out = std::fs::read_to_string(dir.join("daemon.out")).unwrap_or_default();
+    assert!(
+        !err.contains(SERVICE_TOKEN) && !out.contains(SERVICE_TOKEN),
+        "the service token reached the daemon's logs"
+    );
+}

@@ -68,6 +68,8 @@ fn alert_rules_use_metrics_the_binaries_export() {
         src("../proxy/src/metrics.rs"),
         src("../worker/src/metrics.rs"),
         src("../controller/src/reconcile.rs"),
+        src("../controller/src/worker_scrape.rs"),
+        src("../api/src/metrics.rs"),
     ]
     .concat();
     for name in [
@@ -77,8 +79,53 @@ fn alert_rules_use_metrics_the_binaries_export() {
         "controller_last_reconcile_timestamp_seconds",
         "worker_refresh_orphans_total",
         "worker_credentials_needs_reauth",
+        "controller_worker_scrape_up",
+        "chokepoint_api_queue_write_errors_total",
+        "chokepoint_api_auth_refusals_total",
     ] {
         assert!(rules.contains(name), "alerts.yml does not use {name}");
         assert!(exported.contains(name), "no binary exports {name}");
     }
+}
+
+#[test]
+fn scrape_targets_are_what_the_appliance_binds() {
+    // The proxy's admin and the API's metrics listeners as compose.yaml
+    // binds them (their defaults), the controller's --metrics-listen
+    // default; the worker is scraped through the controller, never directly.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let prom = read("deploy/prometheus/prometheus.yml");
+    let compose = read("compose.yaml");
+    let controller = read("controller/src/bin/egress-controller.rs");
+    for (target, bound_in, binding) in [
+        (
+            "10.230.0.2:9090",
+            &compose,
+            "--admin-listen=${CHOKEPOINT_PROXY_ADMIN_IP:-10.230.0.2}:9090",
+        ),
+        (
+            "10.230.0.3:9092",
+            &compose,
+            "--metrics-listen=${CHOKEPOINT_API_IP:-10.230.0.3}:9092",
+        ),
+        (
+            "127.0.0.1:9091",
+            &controller,
+            "#[arg(long, default_value = \"127.0.0.1:9091\")]\n    metrics_listen",
+        ),
+    ] {
+        assert!(
+            prom.contains(&format!("targets: [\"{target}\"]")),
+            "prometheus.yml does not scrape {target}"
+        );
+        assert!(
+            bound_in.contains(binding),
+            "nothing binds {target} ({binding})"
+        );
+    }
+    assert!(
+        !prom.contains("job_name: chokepoint-worker"),
+        "the worker cannot be scraped directly (0600 unix socket)"
+    );
 }

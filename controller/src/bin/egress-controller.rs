@@ -223,7 +223,11 @@ async fn run(args: Args, cfg: Config, mode: mode::Mode) -> ExitCode {
                 let line = serde_json::json!({"event": "metrics_listening", "addr": l.local_addr().map_or(args.metrics_listen, |a| a).to_string()});
                 let _ = writeln_out(&line.to_string());
                 let stale = Duration::from_secs(args.interval_secs.max(1).saturating_mul(3));
-                tokio::spawn(serve_metrics(l, cfg.state_dir.clone(), stale));
+                // With --worker, /metrics appends the worker's series,
+                // fetched over its socket with the service token.
+                let worker = (args.worker)
+                    .then(|| controller::worker_scrape::target_from_args(&args.worker_arg));
+                tokio::spawn(serve_metrics(l, cfg.state_dir.clone(), stale, worker));
             }
             Err(e) => {
                 let _ = writeln_err(&format!(
@@ -392,14 +396,24 @@ async fn check_daemon(docker: &bollard::Docker, cfg: &Config) -> Result<(), Exit
 
 /// Serve `GET /metrics`, `/healthz` and `/readyz` (ready = a pass applied
 /// or confirmed the rules within `stale`). One request per connection,
-/// heads bounded to 8 KiB and 5 s.
-async fn serve_metrics(listener: tokio::net::TcpListener, state_dir: PathBuf, stale: Duration) {
+/// heads bounded to 8 KiB and 5 s. `worker`: `Some` with `--worker` (the
+/// worker's listen address, `None` inside when it does not parse): then
+/// `/metrics` also carries `controller_worker_scrape_up` and the worker's
+/// `worker_*` series (`controller::worker_scrape`).
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state_dir: PathBuf,
+    stale: Duration,
+    worker: Option<Option<controller::worker_scrape::Target>>,
+) {
+    let worker = std::sync::Arc::new(worker);
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let state_dir = state_dir.clone();
+        let worker = worker.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut head = Vec::with_capacity(512);
@@ -418,7 +432,15 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state_dir: PathBuf, st
             let line = String::from_utf8_lossy(line);
             let mut parts = line.split_whitespace();
             let (status, ctype, body) = match (read, parts.next(), parts.next()) {
-                (Ok(true), Some("GET"), Some(path)) => metrics_response(path, &state_dir, stale),
+                (Ok(true), Some("GET"), Some(path)) => {
+                    let (status, ctype, mut body) = metrics_response(path, &state_dir, stale);
+                    if path == "/metrics"
+                        && let Some(target) = worker.as_ref()
+                    {
+                        body.push_str(&controller::worker_scrape::scrape(target.as_ref()).await);
+                    }
+                    (status, ctype, body)
+                }
                 (Ok(true), Some(_), Some(_)) => (
                     "405 Method Not Allowed",
                     "text/plain",

@@ -221,6 +221,11 @@ impl Layout {
     pub fn api_dir(&self) -> PathBuf {
         self.dir.join("api")
     }
+    /// The API's TLS certificate (self-signed by `up` for its address;
+    /// `egressctl status` and the healthcheck trust only it).
+    pub fn api_cert(&self) -> PathBuf {
+        self.api_dir().join("tls-cert.pem")
+    }
     /// The worker's environment (key and token files).
     pub fn worker_env(&self) -> [(&'static str, PathBuf); 2] {
         [
@@ -548,10 +553,7 @@ fn up(a: &UpArgs) -> Result<(), String> {
     };
     write_new(&jwt_path, jwt.as_bytes(), 0o600)?;
     own(&jwt_path)?;
-    let (cert, tls_key) = (
-        layout.api_dir().join("tls-cert.pem"),
-        layout.api_dir().join("tls-key.pem"),
-    );
+    let (cert, tls_key) = (layout.api_cert(), layout.api_dir().join("tls-key.pem"));
     self_signed_cert(nth(a.egress_subnet, 3).into(), &cert, &tls_key)?;
     std::fs::set_permissions(&tls_key, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     own(&tls_key)?;
@@ -685,9 +687,23 @@ fn up(a: &UpArgs) -> Result<(), String> {
     // 8. The API, once the worker it checks at start answers.
     compose(&layout, &rec, &["up", "-d", "api"])?;
     loop {
-        match api_ready(&rec) {
+        match api_ready(&layout, &rec) {
             Ok(()) => break,
-            Err(e) if Instant::now() > deadline => return Err(format!("API not ready: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                // Say what Docker makes of the container (a crash loop
+                // looks like a timeout from here); never its logs.
+                let state = run_cmd(Command::new("docker").args([
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}}, exit code {{.State.ExitCode}}, {{.RestartCount}} restart(s)",
+                    "chokepoint-api",
+                ]))
+                .unwrap_or_else(|e| e);
+                return Err(format!(
+                    "API not ready: {e} (container chokepoint-api: {}; see `docker logs chokepoint-api`)",
+                    state.trim()
+                ));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
@@ -738,23 +754,17 @@ pub fn proxy_mode(rec: &Record) -> Result<String, String> {
 
 /// The API's `/readyz` over TLS on its address (the egress network),
 /// trusting only its own certificate: `Ok` on a 200.
-pub fn api_ready(rec: &Record) -> Result<(), String> {
-    let code = run_cmd(Command::new("curl").args([
-        "-s",
-        "-m",
-        "2",
-        "-k",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("https://{}/readyz", rec.api_addr()),
-    ]))
-    .unwrap_or_else(|e| e);
-    if code == "200" {
-        Ok(())
-    } else {
-        Err(format!("API /readyz on {} answered {code}", rec.api_addr()))
+pub fn api_ready(layout: &Layout, rec: &Record) -> Result<(), String> {
+    // Verified TLS, like the container's healthcheck: the certificate must
+    // chain to the appliance's own (`DIR/api/tls-cert.pem`, or what you put
+    // there) and name the API's address; no `curl -k`.
+    let url = format!("https://{}/readyz", rec.api_addr());
+    match probe::check(&url, Some(&layout.api_cert())) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "API {url} (certificate checked against {}): {e}",
+            layout.api_cert().display()
+        )),
     }
 }
 

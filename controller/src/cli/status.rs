@@ -197,8 +197,13 @@ pub fn probe_all(layout: &Layout) -> Vec<Check> {
         },
     );
     // The API: ready, and TLS 1.2 and 1.3 only.
-    out.push(match super::appliance::api_ready(&rec) {
-        Ok(()) => check("api_ready", None, true, "/readyz answered 200 over TLS"),
+    out.push(match super::appliance::api_ready(layout, &rec) {
+        Ok(()) => check(
+            "api_ready",
+            None,
+            true,
+            "/readyz answered 200 over TLS, certificate verified against the appliance's own",
+        ),
         Err(e) => check("api_ready", None, false, e),
     });
     let tls = super::appliance::api_tls_versions(&rec);
