@@ -89,6 +89,9 @@ const CLIENT_GAP: Duration = Duration::from_millis(10);
 fn kill_phase_max(faults: usize) -> Duration {
     Duration::from_secs(120 + 6 * u64::try_from(faults).unwrap_or(u64::MAX / 8))
 }
+/// How long after its marker an answer may still be uncommitted (the
+/// after-answer hook holds 400 ms, then the commit runs).
+const IN_FLIGHT: Duration = Duration::from_millis(1_500);
 const RECOVERY: Duration = Duration::from_secs(LIFETIME_SECS + LEASE_SECS + 3);
 
 /// One test at a time in this binary: each drives three replicas and a load.
@@ -701,6 +704,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
         done: 0,
         restarts: 0,
         spared: HashSet::new(),
+        in_flight: Vec::new(),
         conts: Vec::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
         outages: Vec::new(),
@@ -888,8 +892,15 @@ struct Faulting {
     target: usize,
     done: usize,
     restarts: usize,
-    /// Credentials faulted last time: let through at their next marker.
+    /// Credentials whose last answer a fault took (the target's, and every
+    /// other answer the killed process held): let through at their next
+    /// marker, so no credential loses two answers in a row (a crash loop
+    /// longer than the provider's reuse window loses the family, whatever
+    /// the protocol: docs/refresh.md).
     spared: HashSet<String>,
+    /// Markers of the last [`IN_FLIGHT`]: (replica, incarnation,
+    /// credential, seen, let through). A kill takes all of its process's.
+    in_flight: Vec<(usize, u32, String, Instant, bool)>,
     /// Stopped replicas and when to continue them.
     conts: Vec<(usize, Instant)>,
     rng: u64,
@@ -904,6 +915,7 @@ impl Faulting {
             done: 0,
             restarts: 0,
             spared: HashSet::new(),
+            in_flight: Vec::new(),
             conts: Vec::new(),
             rng: 1,
             outages: Vec::new(),
@@ -989,19 +1001,41 @@ fn drain(rx: &Receiver<Ev>, fleet: &mut Fleet, env: &Env, point: Point, f: &mut 
             point: at,
             credential,
         } => {
-            if !f.on
-                || f.done >= f.target
-                || at != point.hook().1
-                || incarnation != fleet.replicas[replica].incarnation
-                || fleet.replicas[replica].stopped
-            {
+            if !f.on || at != point.hook().1 {
                 return;
             }
-            if f.spared.remove(&credential) {
+            if incarnation != fleet.replicas[replica].incarnation {
+                // Printed by a process killed since, before it could
+                // commit: that answer is lost too.
+                f.spared.insert(credential);
+                return;
+            }
+            if f.done >= f.target || fleet.replicas[replica].stopped {
+                return;
+            }
+            let now = Instant::now();
+            f.in_flight
+                .retain(|m| now.saturating_duration_since(m.3) < IN_FLIGHT);
+            let passing = f.spared.remove(&credential);
+            f.in_flight
+                .push((replica, incarnation, credential.clone(), now, passing));
+            if passing {
                 return;
             }
             match point {
                 Point::AfterAnswer | Point::DuringCommit => {
+                    // Not while this process holds a let-through answer.
+                    let mine = |m: &&(usize, u32, String, Instant, bool)| {
+                        m.0 == replica && m.1 == incarnation
+                    };
+                    if f.in_flight.iter().filter(mine).any(|m| m.4) {
+                        return;
+                    }
+                    for m in f.in_flight.iter().filter(mine) {
+                        f.spared.insert(m.2.clone());
+                    }
+                    f.in_flight
+                        .retain(|m| !(m.0 == replica && m.1 == incarnation));
                     if point == Point::DuringCommit {
                         // Land before, during or after the commit statement.
                         let j = f.below(6);
@@ -1016,7 +1050,6 @@ fn drain(rx: &Receiver<Ev>, fleet: &mut Fleet, env: &Env, point: Point, f: &mut 
                     }
                     f.done += 1;
                     f.restarts += 1;
-                    f.spared.insert(credential);
                     fleet.spawn(env, replica);
                 }
                 Point::Paused => {
