@@ -1370,34 +1370,6 @@ fn credential_cli_add_with_refresh_token() {
     assert!(hits.is_empty(), "{hits:?}");
 }
 
-/// Pipe `text` through `promtool check metrics` (when promtool is there,
-/// required under CHOKEPOINT_REQUIRE_PRIVILEGED=1).
-fn promtool_check_metrics(text: &str) {
-    if !e2e::require("promtool", e2e::have_tool("promtool")) {
-        return;
-    }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The value of one sample line `name{labels} value` in a metrics text.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -1634,7 +1606,7 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     let m = w.metrics();
     assert_eq!(sample(&m, "worker_credentials_needs_reauth"), 1.0);
     assert_eq!(sample(&m, "worker_refresh_orphans_total"), 0.0);
-    promtool_check_metrics(&m);
+    e2e::promtool::check_metrics(&m);
 
     // The history: no refresh token was ever presented twice, and the only
     // family revoked is the one the provider revoked itself.

@@ -123,6 +123,19 @@ impl Response {
     }
 }
 
+/// A parsed head's headers as (lower-case name, value) pairs.
+pub fn header_pairs(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Read one response from a stream: the head, then a Content-Length body or
 /// everything until close. `None` if nothing parseable arrived in time.
 pub fn read_response(stream: &mut TcpStream, timeout: Duration) -> Option<Response> {
@@ -134,16 +147,7 @@ pub fn read_response(stream: &mut TcpStream, timeout: Duration) -> Option<Respon
         let mut resp = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(len)) = resp.parse(&buf) {
             let status = resp.code?;
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers: Vec<(String, String)> = header_pairs(resp.headers);
             let cl = headers
                 .iter()
                 .find(|(n, _)| n == "content-length")

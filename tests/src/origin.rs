@@ -138,16 +138,7 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => {
-                    let hs: Vec<(String, String)> = req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
+                    let hs: Vec<(String, String)> = crate::header_pairs(req.headers);
                     let chunked = hs.iter().any(|(n, v)| {
                         n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked")
                     });

@@ -324,16 +324,7 @@ fn read_request<S: Read>(s: &mut S) -> Option<HttpRequest> {
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
             let method = req.method?.to_owned();
-            let headers: Vec<(String, String)> = req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers: Vec<(String, String)> = crate::header_pairs(req.headers);
             let cl = headers
                 .iter()
                 .find(|(n, _)| n == "content-length")

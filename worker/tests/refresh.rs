@@ -8,6 +8,9 @@
     clippy::print_stderr
 )] // test code: a panic is a failed test; figures go to stderr
 
+mod common;
+use common::both;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -374,33 +377,6 @@ fn due_at_three_quarters() {
     c.access_expires_at = Some(1_400);
     assert!(!worker::refresh::due(&c, 1_299));
     assert!(worker::refresh::due(&c, 1_300));
-}
-
-async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store::open(&format!("sqlite:{}", dir.path().join("w.db").display()))
-        .await
-        .unwrap();
-    (s, dir)
-}
-
-macro_rules! both {
-    ($name:ident, $sqlite:ident, $pg:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            let (s, _d) = sqlite_store().await;
-            $name(s).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $pg() {
-            let Some(schema) = e2e::pg::PgSchema::new(stringify!($pg)) else {
-                return;
-            };
-            let s = store::open(&schema.url).await.unwrap();
-            $name(s).await;
-        }
-    };
 }
 
 both!(

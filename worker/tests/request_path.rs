@@ -10,6 +10,9 @@
     clippy::print_stderr
 )] // test code: a panic is a failed test
 
+mod common;
+use common::both;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +27,7 @@ use worker::credential::{self, HeaderTemplate};
 use worker::crypto::Keyring;
 use worker::provider::HttpProvider;
 use worker::refresh::{RefreshConfig, RefreshMaterial, Refresher, Trigger};
-use worker::store::{self, CredentialRecord, RunRecord, Store};
+use worker::store::{CredentialRecord, RunRecord, Store};
 
 const POLICY: &str = "version: v1\nunsafe_allow_ranges: [127.0.0.2/32]\norgs:\n  acme:\n    integrations:\n      calendar:\n        hosts: [api.calendar-e2e.com]\n";
 
@@ -280,33 +283,6 @@ async fn expired_provider_down_then_revoked(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(e, Reason::NeedsReauth);
     assert_eq!(t.ep.calls().len(), calls, "a dead credential was refreshed");
-}
-
-async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store::open(&format!("sqlite:{}", dir.path().join("w.db").display()))
-        .await
-        .unwrap();
-    (s, dir)
-}
-
-macro_rules! both {
-    ($name:ident, $sqlite:ident, $pg:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            let (s, _d) = sqlite_store().await;
-            $name(s).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $pg() {
-            let Some(schema) = e2e::pg::PgSchema::new(stringify!($pg)) else {
-                return;
-            };
-            let s = store::open(&schema.url).await.unwrap();
-            $name(s).await;
-        }
-    };
 }
 
 both!(
