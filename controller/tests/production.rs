@@ -664,6 +664,38 @@ fn egressctl_reads_the_switch() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_mode"));
 }
 
+/// The controller daemon in `dir` with only `dir/bin` on `PATH`, holding
+/// `nft` (this shell script) if given, none otherwise; Docker unreachable,
+/// `CHOKEPOINT_ENV` unset.
+fn controller_over_nft(dir: &Dir, proxy_arg: &str, nft_script: Option<&str>) -> Command {
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    if let Some(script) = nft_script {
+        use std::os::unix::fs::PermissionsExt as _;
+        let nft = bin.join("nft");
+        std::fs::write(&nft, script).unwrap();
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let policy = dir.0.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut cmd = Command::new(CONTROLLER);
+    cmd.arg("--policy")
+        .arg(&policy)
+        .arg(proxy_arg)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .arg("--ruleset-file")
+        .arg(dir.0.join("ruleset.json"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("PATH", &bin)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", dir.0.display()),
+        )
+        .env_remove("CHOKEPOINT_ENV");
+    cmd
+}
+
 /// Condition 5's second half ("… or the nft tables are absent"): the
 /// daemon, after programming its first pass, reads its tables back; in
 /// production tables that are absent or not as rendered are exit 78 with
@@ -691,35 +723,8 @@ fn controller_refuses_production_when_its_nft_tables_are_absent() {
     ];
     for (name, fake_nft, mode, once) in cases {
         let dir = tempdir(name);
-        let bin = dir.0.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        if fake_nft {
-            let nft = bin.join("nft");
-            std::fs::write(
-                &nft,
-                "#!/bin/sh\ncase \"$*\" in *list*) echo 'Error: No such file or directory' >&2; exit 1;; esac\ncat >/dev/null\nexit 0\n",
-            )
-            .unwrap();
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let policy = dir.0.join("policy.yaml");
-        std::fs::write(&policy, POLICY).unwrap();
-        let mut cmd = Command::new(CONTROLLER);
-        cmd.arg("--policy")
-            .arg(&policy)
-            .arg(&good)
-            .arg("--state-dir")
-            .arg(dir.0.join("state"))
-            .arg("--ruleset-file")
-            .arg(dir.0.join("ruleset.json"))
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("PATH", &bin)
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}/no-docker.sock", dir.0.display()),
-            )
-            .env_remove("CHOKEPOINT_ENV");
+        let script = "#!/bin/sh\ncase \"$*\" in *list*) echo 'Error: No such file or directory' >&2; exit 1;; esac\ncat >/dev/null\nexit 0\n";
+        let mut cmd = controller_over_nft(&dir, &good, fake_nft.then_some(script));
         if once {
             cmd.arg("--once");
         }
@@ -748,33 +753,11 @@ fn controller_refuses_production_when_its_nft_tables_are_absent() {
     }
     // Development: the same gap is a warning; the daemon keeps running.
     let dir = tempdir("c_dev_nft_holds_nothing");
-    let bin = dir.0.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let nft = bin.join("nft");
-    std::fs::write(
-        &nft,
-        "#!/bin/sh\ncase \"$*\" in *list*) exit 1;; esac\ncat >/dev/null\nexit 0\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let policy = dir.0.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut cmd = Command::new(CONTROLLER);
-    cmd.arg("--policy")
-        .arg(&policy)
-        .arg(&good)
-        .arg("--state-dir")
-        .arg(dir.0.join("state"))
-        .arg("--ruleset-file")
-        .arg(dir.0.join("ruleset.json"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("PATH", &bin)
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}/no-docker.sock", dir.0.display()),
-        )
-        .env_remove("CHOKEPOINT_ENV");
+    let mut cmd = controller_over_nft(
+        &dir,
+        &good,
+        Some("#!/bin/sh\ncase \"$*\" in *list*) exit 1;; esac\ncat >/dev/null\nexit 0\n"),
+    );
     let s = start_or_exit(
         &mut cmd,
         "would refuse production: egress_proxy_down: the nft tables are not as rendered",
