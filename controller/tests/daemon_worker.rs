@@ -282,19 +282,22 @@ fn start_daemon(tag: &str) -> Option<(Guard, PathBuf, PathBuf)> {
     ))
 }
 
+/// What the daemon started by [`start_daemon`] in `dir` has printed.
+fn daemon_logs(dir: &std::path::Path) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        std::fs::read_to_string(dir.join("daemon.out")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
+    )
+}
+
 #[test]
 fn daemon_supervises_worker_without_docker() {
     let Some((mut guard, dir, sock)) = start_daemon("worker") else {
         return;
     };
     let daemon_pid = guard.daemon.id();
-    let logs = || {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(dir.join("daemon.out")).unwrap_or_default(),
-            std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
-        )
-    };
+    let logs = || daemon_logs(&dir);
 
     // The worker comes up as the daemon's child, unprivileged, and serves.
     let first = wait_for_worker(daemon_pid, None);
@@ -424,13 +427,7 @@ fn daemon_metrics_carry_the_workers() {
         return;
     };
     let daemon_pid = guard.daemon.id();
-    let logs = || {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(dir.join("daemon.out")).unwrap_or_default(),
-            std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
-        )
-    };
+    let logs = || daemon_logs(&dir);
     let worker = wait_for_worker(daemon_pid, None);
     wait_healthy(&sock);
     // Activity the worker counts: two refused calls, one run started.
