@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             refresh_token: ep.grant(),
             client_id: "c".into(),
             client_secret: "s".into(),
+            client_auth: worker::refresh::ClientAuth::ClientSecretBasic,
         };
         let c = worker::refresh::with_refresh(&keys, &c, &m, &token_url, Some(now))?;
         setup.insert_credential(&c).await?;

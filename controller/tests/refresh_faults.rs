@@ -20,7 +20,11 @@
 //! Afterwards the load runs on without faults for longer than an access
 //! token's lifetime (every credential refreshes again, so a lost answer
 //! shows), then the history checker (`e2e::refresh_history`) judges the
-//! endpoint's record, the store and the request log.
+//! endpoint's record, the store and the request log. On SQLite the harness
+//! also measures the store's outages (its write lock held for a second or
+//! more while a replica is stopped: a replica stopped inside a write keeps
+//! every replica from committing), which the checker needs to tell a
+//! fail-closed refusal from a lost request.
 //!
 //! Provider: a reuse window longer than the lease (the operator rule of
 //! docs/refresh.md) for the assertion run. With a revoke-on-any-reuse
@@ -251,6 +255,19 @@ impl Drop for Fleet {
     }
 }
 
+/// Whether SQLite's write lock on `db` is held (by another process):
+/// `BEGIN IMMEDIATE` with no busy timeout. A running replica holds it for
+/// milliseconds; a stopped one that was stopped inside a write holds it
+/// until it is continued.
+fn sqlite_write_locked(db: &str) -> bool {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; ROLLBACK;")
+        .output()
+        .expect("sqlite3 (Debian's sqlite3)");
+    String::from_utf8_lossy(&out.stderr).contains("locked")
+}
+
 fn signal(sig: &str, pid: u32) {
     let _ = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -289,9 +306,17 @@ impl Fleet {
         let pipe = child.stderr.take().unwrap();
         let tx = self.tx.clone();
         let tail = Arc::clone(&r.tail);
+        let t0 = env.t0;
+        let echo = std::env::var_os("CHOKEPOINT_FAULT_DEBUG").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                if echo {
+                    eprintln!(
+                        "[{} ms] replica {idx}.{incarnation}: {line}",
+                        t0.elapsed().as_millis()
+                    );
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     if let Ok(addr) = rest.trim().parse() {
                         let _ = tx.send(Ev::Listening {
@@ -353,6 +378,8 @@ struct Sent {
     ok: bool,
     /// The worker's answer when not ok (status and reason), for diagnosis.
     why: String,
+    /// The worker's reason when it refused the request.
+    reason: Option<String>,
 }
 
 fn worker_call(addr: SocketAddr, path: &str, body: &str) -> Option<e2e::Response> {
@@ -414,23 +441,22 @@ fn start_load(
                 let start_ms = ms();
                 let r = worker_call(addr, &format!("/v1/runs/{run}/requests"), &body);
                 let end_ms = ms();
-                let ok = r.as_ref().is_some_and(|r| {
-                    r.status == 200
-                        && serde_json::from_slice::<serde_json::Value>(&r.body)
-                            .is_ok_and(|v| v["status"] == 200)
-                });
+                let answer: serde_json::Value = r
+                    .as_ref()
+                    .and_then(|r| serde_json::from_slice(&r.body).ok())
+                    .unwrap_or_default();
+                let ok = r.as_ref().is_some_and(|r| r.status == 200) && answer["status"] == 200;
                 let why = if ok {
                     String::new()
                 } else {
                     r.as_ref().map_or_else(
                         || "no answer".to_owned(),
-                        |r| {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&r.body).unwrap_or_default();
-                            format!("{} {} {}", r.status, v["reason"], v["status"])
-                        },
+                        |r| format!("{} {} {}", r.status, answer["reason"], answer["status"]),
                     )
                 };
+                let reason = (!ok)
+                    .then(|| answer["reason"].as_str().map(str::to_owned))
+                    .flatten();
                 if logged {
                     log.push(Sent {
                         seq: n,
@@ -440,6 +466,7 @@ fn start_load(
                         end_ms,
                         ok,
                         why,
+                        reason,
                     });
                 }
                 std::thread::sleep(CLIENT_GAP);
@@ -606,6 +633,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
                 refresh_token: first.clone(),
                 client_id: CLIENT_ID.into(),
                 client_secret: CLIENT_SECRET.into(),
+                client_auth: worker::refresh::ClientAuth::ClientSecretBasic,
             };
             let c =
                 worker::refresh::with_refresh(&keys, &c, &m, &token_url, Some(now - 1)).unwrap();
@@ -708,6 +736,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
         conts: Vec::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
         outages: Vec::new(),
+        lock: LockProbe::default(),
     };
     let end = Instant::now() + kill_phase_max(target);
     while f.done < target && Instant::now() < end {
@@ -818,6 +847,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
             start_ms: s.start_ms,
             end_ms: s.end_ms,
             ok: s.ok,
+            reason: s.reason.clone(),
             access_token: seen.get(&s.seq).cloned(),
         })
         .collect();
@@ -828,6 +858,7 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
         orphans,
         requests,
         outages,
+        store_outages: f.lock.outages.clone(),
     };
     let report = refresh_history::check(&history);
     if std::env::var_os("CHOKEPOINT_FAULT_DEBUG").is_some() {
@@ -866,6 +897,18 @@ fn scenario(kind: StoreKind, point: Point, window: Duration, target: usize) -> O
         pct(99),
         pct(100)
     );
+    if f.lock.probes > 0 {
+        eprintln!(
+            "refresh-faults store lock: {} probes while a replica was stopped; SQLite's write lock held >= 1 s (a store outage) {} times, ms: {:?}",
+            f.lock.probes,
+            f.lock.outages.len(),
+            f.lock
+                .outages
+                .iter()
+                .map(|o| (o.from_ms, o.to_ms))
+                .collect::<Vec<_>>()
+        );
+    }
     if std::env::var_os("CHOKEPOINT_FAULT_DEBUG").is_some() {
         for r in &sent {
             if r.end_ms - r.start_ms > 1000 || !r.ok {
@@ -905,6 +948,69 @@ struct Faulting {
     conts: Vec<(usize, Instant)>,
     rng: u64,
     outages: Vec<Outage>,
+    /// SQLite: the store's write lock, probed while a replica is stopped.
+    lock: LockProbe,
+}
+
+/// SQLite only: while a replica is stopped, whether the store's write lock
+/// is held, probed every [`LockProbe::EVERY`]. A replica stopped inside a
+/// write holds the lock until it is continued, and then no replica can
+/// commit anything (a store outage); a running replica holds it for
+/// milliseconds, unless the disk stalls its commit.
+#[derive(Default)]
+struct LockProbe {
+    next: Option<Instant>,
+    /// When the store was last seen writable, or a replica last stopped.
+    last_free_ms: u64,
+    last_stop_ms: u64,
+    /// Since when the lock has been seen held (the span being measured).
+    held_from: Option<u64>,
+    probes: usize,
+    /// Spans held for at least [`LockProbe::OUTAGE`].
+    outages: Vec<Outage>,
+}
+
+impl LockProbe {
+    const EVERY: Duration = Duration::from_millis(100);
+    /// Held this long, the store is out for every replica (a holder
+    /// stopped inside a write, or a commit stalled on the disk).
+    const OUTAGE: u64 = 1_000;
+
+    fn stopped(&mut self, at_ms: u64) {
+        self.last_stop_ms = at_ms;
+    }
+
+    fn tick(&mut self, db: &str, any_stopped: bool, env: &Env) {
+        if !any_stopped && self.held_from.is_none() {
+            self.next = None;
+            return;
+        }
+        let now = Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next = Some(now + Self::EVERY);
+        self.probes += 1;
+        let at = env.ms();
+        if sqlite_write_locked(db) {
+            let from = self.last_free_ms.max(self.last_stop_ms);
+            self.held_from.get_or_insert(from);
+        } else {
+            if let Some(from) = self.held_from.take() {
+                if at.saturating_sub(from) >= Self::OUTAGE {
+                    if std::env::var_os("CHOKEPOINT_FAULT_DEBUG").is_some() {
+                        eprintln!("store outage: SQLite write lock held {from}-{at} ms");
+                    }
+                    self.outages.push(Outage {
+                        replica: usize::MAX,
+                        from_ms: from,
+                        to_ms: at,
+                    });
+                }
+            }
+            self.last_free_ms = at;
+        }
+    }
 }
 
 impl Faulting {
@@ -919,6 +1025,7 @@ impl Faulting {
             conts: Vec::new(),
             rng: 1,
             outages: Vec::new(),
+            lock: LockProbe::default(),
         }
     }
 
@@ -934,6 +1041,10 @@ impl Faulting {
 /// fault at markers, continue stopped replicas when due, restart killed ones.
 fn drain(rx: &Receiver<Ev>, fleet: &mut Fleet, env: &Env, point: Point, f: &mut Faulting) {
     let now = Instant::now();
+    if let Some(db) = env.store.strip_prefix("sqlite:") {
+        let any_stopped = fleet.replicas.iter().any(|r| r.stopped);
+        f.lock.tick(db, any_stopped, env);
+    }
     let mut i = 0;
     while i < f.conts.len() {
         if f.conts[i].1 <= now {
@@ -1074,6 +1185,7 @@ fn drain(rx: &Receiver<Ev>, fleet: &mut Fleet, env: &Env, point: Point, f: &mut 
                     f.done += 1;
                     f.spared.insert(credential);
                     f.conts.push((replica, Instant::now() + PAUSE));
+                    f.lock.stopped(env.ms());
                 }
             }
         }

@@ -1314,6 +1314,27 @@ fn credential_cli_add_with_refresh_token() {
     // Missing companions: a usage error naming them.
     fails(&add("calendar", &["--refresh-token-stdin"]), "--token-url");
     fails(
+        &add("calendar", &["--client-auth", "client_secret_post"]),
+        "--refresh-token-stdin",
+    );
+    fails(
+        &add(
+            "calendar",
+            &[
+                "--refresh-token-stdin",
+                "--token-url",
+                "https://provider.example/token",
+                "--client-id",
+                "cid",
+                "--client-secret-file",
+                &secret_path,
+                "--client-auth",
+                "private_key_jwt",
+            ],
+        ),
+        "client_secret_post",
+    );
+    fails(
         &add(
             "calendar",
             &[
@@ -1395,7 +1416,8 @@ fn oauth_refresh_on_the_request_path() {
     oauth_refresh_scenario(None);
 }
 
-/// The same on PostgreSQL.
+/// The same on PostgreSQL, with a provider that takes the client's
+/// credentials only in the form body (`--client-auth client_secret_post`).
 #[test]
 fn oauth_refresh_on_the_request_path_postgres() {
     if !e2e::require("openssl", have_openssl()) {
@@ -1410,11 +1432,16 @@ fn oauth_refresh_on_the_request_path_postgres() {
 fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     const LIFETIME: u64 = 8;
     const CLIENT_SECRET: &str = "client-secret-e2e-3f9a7c21";
-    let ep = Arc::new(
-        StrictEndpoint::new(Duration::ZERO)
-            .with_access_lifetime(Duration::from_secs(LIFETIME))
-            .with_client("cal-client", CLIENT_SECRET),
-    );
+    // SQLite: client_secret_basic (the default); PostgreSQL:
+    // client_secret_post, the endpoint refusing the other method.
+    let post = pg.is_some();
+    let ep =
+        StrictEndpoint::new(Duration::ZERO).with_access_lifetime(Duration::from_secs(LIFETIME));
+    let ep = Arc::new(if post {
+        ep.with_client_post("cal-client", CLIENT_SECRET)
+    } else {
+        ep.with_client("cal-client", CLIENT_SECRET)
+    });
     let check = Arc::clone(&ep);
     let mut env = Env::with_origin_auth(Arc::new(move |t: &str| check.access_valid(t)));
     env.pg = pg;
@@ -1425,28 +1452,30 @@ fn oauth_refresh_scenario(pg: Option<e2e::pg::PgSchema>) {
     let secret_file = env.dir.join("client.secret");
     std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
     let first_rt = ep.grant();
-    let out = env.ctl(
-        &[
-            "credential",
-            "add",
-            "--store",
-            &env.store(),
-            "--policy",
-            env.policy.to_str().unwrap(),
-            "--org",
-            "acme",
-            "--integration",
-            "calendar",
-            "--refresh-token-stdin",
-            "--token-url",
-            &token_url,
-            "--client-id",
-            "cal-client",
-            "--client-secret-file",
-            secret_file.to_str().unwrap(),
-        ],
-        &format!("{first_rt}\n"),
-    );
+    let store = env.store();
+    let mut add = vec![
+        "credential",
+        "add",
+        "--store",
+        &store,
+        "--policy",
+        env.policy.to_str().unwrap(),
+        "--org",
+        "acme",
+        "--integration",
+        "calendar",
+        "--refresh-token-stdin",
+        "--token-url",
+        &token_url,
+        "--client-id",
+        "cal-client",
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+    ];
+    if post {
+        add.extend(["--client-auth", "client_secret_post"]);
+    }
+    let out = env.ctl(&add, &format!("{first_rt}\n"));
     assert!(
         out.status.success(),
         "credential add: {}",

@@ -26,7 +26,13 @@
 //! 5. every request that did not overlap an outage of the replica it was
 //!    sent to succeeded, with an access token the endpoint issued to that
 //!    credential's family (or the grant's first one), of a family that is
-//!    not revoked.
+//!    not revoked. One exception, counted apart
+//!    ([`Report::requests_in_store_outage`]): a request refused with
+//!    `dependency_unavailable` while the store itself could not be written
+//!    ([`History::store_outages`], measured by the test: SQLite's write
+//!    lock held by a stopped process, which stops every replica's
+//!    commits). Refusing then is the fail-closed answer: a new access token
+//!    may not be used before it is committed.
 
 use std::collections::{HashMap, HashSet};
 
@@ -79,6 +85,8 @@ pub struct RequestRecord {
     pub end_ms: u64,
     /// Whether the worker answered it with the integration's success.
     pub ok: bool,
+    /// The worker's reason when it refused the request (`X-Egress-Error`).
+    pub reason: Option<String>,
     /// The access token the integration saw, if the request reached it.
     pub access_token: Option<String>,
 }
@@ -110,6 +118,9 @@ pub struct History {
     pub requests: Vec<RequestRecord>,
     /// The replicas' outages.
     pub outages: Vec<Outage>,
+    /// When the store could not be written by any replica, as measured
+    /// (`replica` is unused: the store is shared).
+    pub store_outages: Vec<Outage>,
 }
 
 /// A broken rule.
@@ -184,8 +195,13 @@ pub struct Report {
     pub requests_checked: usize,
     /// Requests left out (overlapping an outage of their replica).
     pub requests_in_outage: usize,
+    /// Requests refused with `dependency_unavailable` during a store outage
+    /// (left out of rule 5, see the module's documentation).
+    pub requests_in_store_outage: usize,
     /// Families revoked.
     pub families_revoked: usize,
+    /// Store outages in the history.
+    pub store_outages: usize,
     /// Every broken rule.
     pub violations: Vec<Violation>,
 }
@@ -200,7 +216,8 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "presentations={} rotations={} replays_in_window={} persisted={} superseded={} \
-             in_orphans={} families_revoked={} requests_checked={} requests_in_outage={} violations={}",
+             in_orphans={} families_revoked={} requests_checked={} requests_in_outage={} \
+             store_outages={} requests_in_store_outage={} violations={}",
             self.presentations,
             self.rotations,
             self.replays_in_window,
@@ -210,6 +227,8 @@ impl Report {
             self.families_revoked,
             self.requests_checked,
             self.requests_in_outage,
+            self.store_outages,
+            self.requests_in_store_outage,
             self.violations.len()
         );
         for v in self.violations.iter().take(10) {
@@ -325,6 +344,7 @@ pub fn check(h: &History) -> Report {
         }
     }
     // Rule 5.
+    r.store_outages = h.store_outages.len();
     for q in &h.requests {
         let in_outage = h
             .outages
@@ -332,6 +352,15 @@ pub fn check(h: &History) -> Report {
             .any(|o| o.replica == q.replica && q.start_ms <= o.to_ms && o.from_ms <= q.end_ms);
         if in_outage {
             r.requests_in_outage += 1;
+            continue;
+        }
+        let refused_store_down = !q.ok
+            && q.reason.as_deref() == Some("dependency_unavailable")
+            && h.store_outages
+                .iter()
+                .any(|o| q.start_ms <= o.to_ms && o.from_ms <= q.end_ms);
+        if refused_store_down {
+            r.requests_in_store_outage += 1;
             continue;
         }
         r.requests_checked += 1;
@@ -393,6 +422,7 @@ mod tests {
             start_ms: start,
             end_ms: start + 5,
             ok,
+            reason: (!ok).then(|| "dependency_unavailable".to_owned()),
             access_token: at.map(str::to_owned),
         }
     }
@@ -440,6 +470,7 @@ mod tests {
                 from_ms: 90,
                 to_ms: 200,
             }],
+            store_outages: Vec::new(),
         }
     }
 
@@ -580,6 +611,41 @@ mod tests {
         let mut h = clean();
         h.requests.push(req(1, "c2", 150, false, None));
         assert!(check(&h).ok());
+    }
+
+    #[test]
+    fn only_an_unavailable_refusal_during_a_store_outage_is_left_out() {
+        let store_down = Outage {
+            replica: 0,
+            from_ms: 140,
+            to_ms: 160,
+        };
+        // Refused with dependency_unavailable while the store was locked.
+        let mut h = clean();
+        h.store_outages.push(store_down);
+        h.requests.push(req(0, "c2", 150, false, None));
+        let r = check(&h);
+        assert!(r.ok(), "{}", r.summary());
+        assert_eq!((r.requests_in_store_outage, r.store_outages), (1, 1));
+        // Refused for another reason: a violation.
+        let mut h = clean();
+        h.store_outages.push(store_down);
+        let mut q = req(0, "c2", 150, false, None);
+        q.reason = Some("internal".into());
+        h.requests.push(q);
+        assert_eq!(check(&h).violations.len(), 1);
+        // Refused with dependency_unavailable outside it: a violation.
+        let mut h = clean();
+        h.store_outages.push(store_down);
+        h.requests.push(req(0, "c2", 170, false, None));
+        assert_eq!(check(&h).violations.len(), 1);
+        // A request that succeeded during it is checked as usual.
+        let mut h = clean();
+        h.store_outages.push(store_down);
+        h.requests.push(req(0, "c1", 150, true, Some("a2-1")));
+        let r = check(&h);
+        assert_eq!(r.violations.len(), 1, "{}", r.summary());
+        assert_eq!(r.requests_in_store_outage, 0);
     }
 
     #[test]

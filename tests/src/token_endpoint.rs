@@ -98,6 +98,9 @@ pub struct StrictEndpoint {
     reuse_window: Duration,
     access_lifetime: Option<Duration>,
     client: Option<(String, String)>,
+    /// The client authenticates in the form body (`client_secret_post`),
+    /// not with `Authorization: Basic`.
+    client_post: bool,
 }
 
 impl Default for StrictEndpoint {
@@ -114,6 +117,7 @@ impl StrictEndpoint {
             reuse_window,
             access_lifetime: None,
             client: None,
+            client_post: false,
         }
     }
 
@@ -127,6 +131,15 @@ impl StrictEndpoint {
     /// Over HTTP, require `client_secret_basic` with these credentials.
     pub fn with_client(mut self, client_id: &str, client_secret: &str) -> StrictEndpoint {
         self.client = Some((client_id.to_owned(), client_secret.to_owned()));
+        self.client_post = false;
+        self
+    }
+
+    /// Over HTTP, require `client_secret_post` with these credentials (and
+    /// no `Authorization` header: one method per request, RFC 6749 §2.3).
+    pub fn with_client_post(mut self, client_id: &str, client_secret: &str) -> StrictEndpoint {
+        self.client = Some((client_id.to_owned(), client_secret.to_owned()));
+        self.client_post = true;
         self
     }
 
@@ -444,11 +457,20 @@ impl StrictEndpoint {
     }
 
     /// Whether the request carries the configured client credentials
-    /// (`client_secret_basic`, RFC 6749 §2.3.1).
-    fn client_ok(&self, req: &HttpRequest) -> bool {
+    /// (`client_secret_basic` or `client_secret_post`, RFC 6749 §2.3.1),
+    /// `form` being its body.
+    fn client_ok(&self, req: &HttpRequest, form: &HashMap<String, String>) -> bool {
         let Some((id, secret)) = &self.client else {
             return true;
         };
+        if self.client_post {
+            return req.header("authorization").is_none()
+                && form.get("client_id") == Some(id)
+                && form.get("client_secret") == Some(secret);
+        }
+        if form.contains_key("client_secret") {
+            return false;
+        }
         let Some(b64) = req
             .header("authorization")
             .and_then(|v| v.strip_prefix("Basic "))
@@ -508,7 +530,7 @@ impl StrictEndpoint {
             self.lock().http.bad_request += 1;
             return respond(s, 400, &serde_json::json!({"error": "invalid_request"}));
         }
-        if !self.client_ok(&req) {
+        if !self.client_ok(&req, &form) {
             self.lock().http.bad_client += 1;
             return respond(s, 401, &serde_json::json!({"error": "invalid_client"}));
         }
@@ -532,7 +554,16 @@ impl StrictEndpoint {
                     "refresh_token": next,
                 });
                 if let Some(l) = self.access_lifetime {
-                    answer["expires_in"] = serde_json::json!(l.as_secs().max(1));
+                    // From the time this answer is generated (RFC 6749
+                    // §5.1): a replay repeats an access token issued
+                    // earlier, so it has less left.
+                    let age = self
+                        .lock()
+                        .access
+                        .get(&access)
+                        .map_or(Duration::ZERO, |(_, at)| at.elapsed());
+                    let left = l.saturating_sub(age).as_millis().div_ceil(1000).max(1);
+                    answer["expires_in"] = serde_json::json!(u64::try_from(left).unwrap_or(1));
                 }
                 respond(s, 200, &answer);
             }

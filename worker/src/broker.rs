@@ -40,6 +40,43 @@ const SCRUBBER_CACHE: usize = 1024;
 /// While another replica holds the lease and the token is expired (or was
 /// refused), the row is read again this often.
 const BUSY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the request path's waits for a refresh gave, for the log line of a
+/// refusal: `outcome@ms` (since the request started waiting), the first
+/// and the last few.
+#[derive(Default)]
+struct Trail {
+    steps: Vec<(&'static str, Duration)>,
+    dropped: usize,
+}
+
+impl Trail {
+    const KEEP: usize = 12;
+
+    fn push(&mut self, outcome: &'static str, at: Duration) {
+        if self.steps.len() == Self::KEEP {
+            // Keep the first; drop the oldest of the rest.
+            self.steps.remove(1);
+            self.dropped += 1;
+        }
+        self.steps.push((outcome, at));
+    }
+}
+
+impl std::fmt::Display for Trail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (o, at)) in self.steps.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            if i == 1 && self.dropped > 0 {
+                write!(f, "(+{} more) ", self.dropped)?;
+            }
+            write!(f, "{o}@{}ms", at.as_millis())?;
+        }
+        Ok(())
+    }
+}
 /// A 401 from an integration makes at most one provider refresh per
 /// credential per this interval (in this process): an endpoint that always
 /// answers 401 must not rotate the token on every request.
@@ -446,7 +483,9 @@ impl Broker {
         &self,
         mut cred: CredentialRecord,
     ) -> BrokerResult<(CredentialRecord, SecretString)> {
-        let deadline = Instant::now() + self.refresh_wait;
+        let started = Instant::now();
+        let deadline = started + self.refresh_wait;
+        let mut trail = Trail::default();
         loop {
             // The provider refused its refresh for good: say so.
             if cred.status == crate::store::NEEDS_REAUTH {
@@ -477,26 +516,35 @@ impl Broker {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(credential = %cred.id, "access token expired; no refresh in time");
+                tracing::warn!(credential = %cred.id, waited_ms = started.elapsed().as_millis(), %trail, "access token expired; no refresh in time: refused");
                 return Err(Reason::DependencyUnavailable);
             }
             let outcome = tokio::time::timeout(
                 left,
                 refresher.refresh_for(Trigger::Expired, &cred.id, cred.version),
             )
-            .await
-            .unwrap_or_else(|_| Err(ProviderError::Transient("wait".to_owned())));
+            .await;
+            trail.push(
+                match &outcome {
+                    Ok(Ok(o)) => o.as_str(),
+                    Ok(Err(ProviderError::Transient(_))) => "error",
+                    Ok(Err(ProviderError::OAuth(_))) => "refused",
+                    Err(_) => "timed_out",
+                },
+                started.elapsed(),
+            );
             match outcome {
-                Ok(Outcome::NeedsReauth) => return Err(Reason::NeedsReauth),
-                Ok(Outcome::Refreshed | Outcome::Recovered | Outcome::AlreadyFresh) => {}
+                Ok(Ok(Outcome::NeedsReauth)) => return Err(Reason::NeedsReauth),
+                Ok(Ok(Outcome::Refreshed | Outcome::Recovered | Outcome::AlreadyFresh)) => {}
                 // Another replica holds the lease: read the row again soon.
-                Ok(Outcome::Busy | Outcome::Orphaned) => {
+                Ok(Ok(Outcome::Busy | Outcome::Orphaned)) => {
                     tokio::time::sleep(BUSY_PAUSE.min(left)).await;
                 }
-                Ok(Outcome::Unavailable) | Err(ProviderError::Transient(_)) => {
+                Ok(Ok(Outcome::Unavailable) | Err(ProviderError::Transient(_))) | Err(_) => {
+                    tracing::warn!(credential = %cred.id, waited_ms = started.elapsed().as_millis(), %trail, "access token expired; refresh did not finish: refused");
                     return Err(Reason::DependencyUnavailable);
                 }
-                Err(ProviderError::OAuth(_)) => return Err(Reason::InvalidCredential),
+                Ok(Err(ProviderError::OAuth(_))) => return Err(Reason::InvalidCredential),
             }
             cred = self
                 .read_credential(&cred.id, &cred.org, &cred.integration)
@@ -610,4 +658,31 @@ fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trail;
+    use std::time::Duration;
+
+    #[test]
+    fn trail_keeps_the_first_and_the_last_steps() {
+        let mut t = Trail::default();
+        assert_eq!(t.to_string(), "");
+        t.push("busy", Duration::from_millis(3));
+        t.push("timed_out", Duration::from_millis(3000));
+        assert_eq!(t.to_string(), "busy@3ms timed_out@3000ms");
+        let mut t = Trail::default();
+        for i in 0..20u64 {
+            t.push("busy", Duration::from_millis(i * 200));
+        }
+        t.push("refreshed", Duration::from_millis(4100));
+        let s = t.to_string();
+        assert!(s.starts_with("busy@0ms (+9 more) busy@2000ms "), "{s}");
+        assert!(s.ends_with("busy@3800ms refreshed@4100ms"), "{s}");
+        assert_eq!(
+            s.split(' ').filter(|w| w.contains('@')).count(),
+            Trail::KEEP
+        );
+    }
 }

@@ -4,7 +4,9 @@
 //! One call: `POST token_url` with the form body
 //! `grant_type=refresh_token&refresh_token=…`, client authentication
 //! `client_secret_basic` (RFC 6749 §2.3.1: `Authorization: Basic
-//! base64(urlencode(client_id):urlencode(client_secret))`), `Accept:
+//! base64(urlencode(client_id):urlencode(client_secret))`), or, for a
+//! credential added with `--client-auth client_secret_post`, `client_id`
+//! and `client_secret` in the form body instead; `Accept:
 //! application/json`. The answer body is read up to [`MAX_ANSWER`] bytes
 //! within [`CALL_TIMEOUT`].
 //!
@@ -38,7 +40,7 @@ use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::client::PinnedClient;
-use crate::refresh::{Provider, ProviderError, RefreshMaterial, TokenAnswer};
+use crate::refresh::{ClientAuth, Provider, ProviderError, RefreshMaterial, TokenAnswer};
 
 /// Largest token endpoint answer read.
 pub const MAX_ANSWER: usize = 64 * 1024;
@@ -212,16 +214,27 @@ impl HttpProvider {
             .resolve(&self.policy, &parsed.dest)
             .await
             .map_err(|r| ProviderError::Transient(format!("token endpoint: {}", r.as_str())))?;
-        let form = Zeroizing::new(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "refresh_token")
-                .append_pair("refresh_token", &m.refresh_token)
-                .finish(),
-        );
-        let auth = basic_auth(m);
-        let mut auth_value =
-            http::HeaderValue::from_str(&auth).map_err(|_| transient("bad client credentials"))?;
-        auth_value.set_sensitive(true);
+        // The serializer is not `Send`: done before the next await.
+        let (form, auth_value) = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", &m.refresh_token);
+            let auth_value = match m.client_auth {
+                ClientAuth::ClientSecretBasic => {
+                    let auth = basic_auth(m);
+                    let mut v = http::HeaderValue::from_str(&auth)
+                        .map_err(|_| transient("bad client credentials"))?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+                ClientAuth::ClientSecretPost => {
+                    form.append_pair("client_id", &m.client_id)
+                        .append_pair("client_secret", &m.client_secret);
+                    None
+                }
+            };
+            (Zeroizing::new(form.finish()), auth_value)
+        };
         let default_port = if parsed.dest.scheme == Scheme::Https {
             443
         } else {
@@ -232,7 +245,7 @@ impl HttpProvider {
         } else {
             parsed.dest.authority()
         };
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(http::Method::POST)
             .uri(parsed.origin_form.as_str())
             .header(http::header::HOST, host)
@@ -242,8 +255,11 @@ impl HttpProvider {
             )
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::ACCEPT_ENCODING, "identity")
-            .header(http::header::USER_AGENT, "chokepoint-worker")
-            .header(http::header::AUTHORIZATION, auth_value)
+            .header(http::header::USER_AGENT, "chokepoint-worker");
+        if let Some(v) = auth_value {
+            req = req.header(http::header::AUTHORIZATION, v);
+        }
+        let req = req
             .body(Full::new(Bytes::copy_from_slice(form.as_bytes())))
             .map_err(|_| transient("cannot build the request"))?;
         let resp = self
@@ -366,6 +382,7 @@ mod tests {
             refresh_token: "rt".into(),
             client_id: "my client".into(),
             client_secret: "s:e/c+r".into(),
+            client_auth: ClientAuth::ClientSecretBasic,
         };
         let v = basic_auth(&m);
         let b64 = v.strip_prefix("Basic ").unwrap();

@@ -34,6 +34,28 @@ use crate::credential::{REFRESH_FIELD, TOKEN_FIELD, new_id, open_refresh};
 use crate::crypto::{Binding, Keyring};
 use crate::store::{CredentialRecord, OrphanRecord, Store, StoreError};
 
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` (every authorization server must accept it).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body, for servers that
+    /// accept nothing else.
+    ClientSecretPost,
+}
+
+impl ClientAuth {
+    /// The name (OAuth's `token_endpoint_auth_method`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::ClientSecretBasic => "client_secret_basic",
+            ClientAuth::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
 /// The sealed refresh material of a credential.
 #[derive(Serialize, Deserialize)]
 pub struct RefreshMaterial {
@@ -43,6 +65,10 @@ pub struct RefreshMaterial {
     pub client_id: String,
     /// The OAuth client secret.
     pub client_secret: String,
+    /// How the client id and secret are sent (absent in material sealed
+    /// before it existed: basic).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
 }
 
 impl Drop for RefreshMaterial {
@@ -576,6 +602,7 @@ impl LeaseTask {
                     ),
                     client_id: material.client_id.clone(),
                     client_secret: material.client_secret.clone(),
+                    client_auth: material.client_auth,
                 };
                 let exp = a.expires_in.map(|s| now + s.max(1));
                 let next = seal_next(&self.keys, &row, &a.access_token, &next_material, exp, now)?;

@@ -23,7 +23,7 @@ use netpolicy::Policy;
 use secrecy::ExposeSecret;
 use worker::client::PinnedClient;
 use worker::provider::HttpProvider;
-use worker::refresh::{Provider, ProviderError, RefreshMaterial};
+use worker::refresh::{ClientAuth, Provider, ProviderError, RefreshMaterial};
 
 const POLICY: &str = "version: v1\nunsafe_allow_ranges: [127.0.0.2/32]\norgs:\n  acme:\n    integrations:\n      calendar:\n        hosts: [api.calendar-e2e.com]\n";
 const TOKEN_HOST: &str = "oauth.provider-e2e.com";
@@ -41,12 +41,89 @@ fn material(refresh_token: &str, secret: &str) -> RefreshMaterial {
         refresh_token: refresh_token.to_owned(),
         client_id: "client id".into(),
         client_secret: secret.to_owned(),
+        client_auth: ClientAuth::ClientSecretBasic,
     }
 }
 
 fn provider(dns: &DnsServer, extra_ca: &[&std::path::Path]) -> HttpProvider {
     let client = Arc::new(PinnedClient::new(&[dns.addr], extra_ca).unwrap());
     HttpProvider::new(client, policy())
+}
+
+/// `client_secret_post`: the client id and secret go in the form body and
+/// no `Authorization` header is sent; an endpoint that takes only one of
+/// the two methods refuses the other (`invalid_client`, terminal).
+#[tokio::test]
+async fn client_secret_post_sends_the_client_in_the_form() {
+    let secret = "s3cr:t/+&=%";
+    let post_only =
+        Arc::new(StrictEndpoint::new(Duration::ZERO).with_client_post("client id", secret));
+    let (post_url, _post_server) = post_only.serve(SocketAddr::new(two(), 0), None);
+    let basic_only = Arc::new(StrictEndpoint::new(Duration::ZERO).with_client("client id", secret));
+    let (basic_url, _basic_server) = basic_only.serve(SocketAddr::new(two(), 0), None);
+    let dns = DnsServer::start();
+    let p = provider(&dns, &[]);
+    let as_post = |rt: &str| {
+        let mut m = material(rt, secret);
+        m.client_auth = ClientAuth::ClientSecretPost;
+        m
+    };
+
+    let first = post_only.grant();
+    let a = p.refresh(&post_url, &as_post(&first)).await.unwrap();
+    let calls = post_only.calls();
+    let CallResult::Rotated(access, _) = &calls[0].result else {
+        panic!("{calls:?}");
+    };
+    assert_eq!(a.access_token.expose_secret(), access);
+
+    // Basic against the post-only endpoint, post against the basic-only
+    // one: refused before the refresh token is looked at.
+    let fresh = post_only.grant();
+    let e = p
+        .refresh(&post_url, &material(&fresh, secret))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e, ProviderError::OAuth("invalid_client".into()));
+    let fresh = basic_only.grant();
+    let e = p.refresh(&basic_url, &as_post(&fresh)).await.err().unwrap();
+    assert_eq!(e, ProviderError::OAuth("invalid_client".into()));
+    assert_eq!(post_only.http_counts().bad_client, 1);
+    assert_eq!(basic_only.http_counts().bad_client, 1);
+    assert_eq!(basic_only.calls().len(), 0);
+
+    // Sealed material from before `client_auth` existed opens as basic.
+    let old: RefreshMaterial =
+        serde_json::from_str(r#"{"refresh_token":"r","client_id":"i","client_secret":"s"}"#)
+            .unwrap();
+    assert_eq!(old.client_auth, ClientAuth::ClientSecretBasic);
+}
+
+/// A replay inside the reuse window repeats an access token issued
+/// earlier: its `expires_in` counts from the replay (RFC 6749 §5.1), so the
+/// worker does not keep a token past the time the integration refuses it.
+#[tokio::test]
+async fn a_replayed_answer_carries_the_lifetime_left() {
+    let ep = Arc::new(
+        StrictEndpoint::new(Duration::from_secs(10))
+            .with_access_lifetime(Duration::from_secs(4))
+            .with_client("client id", "s"),
+    );
+    let (url, _server) = ep.serve(SocketAddr::new(two(), 0), None);
+    let dns = DnsServer::start();
+    let p = provider(&dns, &[]);
+    let first = ep.grant();
+    let a = p.refresh(&url, &material(&first, "s")).await.unwrap();
+    assert_eq!(a.expires_in, Some(4));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let again = p.refresh(&url, &material(&first, "s")).await.unwrap();
+    assert!(matches!(ep.calls()[1].result, CallResult::Replayed(..)));
+    assert_eq!(
+        again.access_token.expose_secret(),
+        a.access_token.expose_secret()
+    );
+    assert_eq!(again.expires_in, Some(3), "4 s less 1.5 s, rounded up");
 }
 
 #[tokio::test]

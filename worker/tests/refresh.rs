@@ -94,6 +94,7 @@ async fn refreshing_cred(
         refresh_token: ep.grant(),
         client_id: "client".into(),
         client_secret: "secret".into(),
+        client_auth: worker::refresh::ClientAuth::ClientSecretBasic,
     };
     let c = worker::refresh::with_refresh(
         k,
@@ -308,6 +309,7 @@ async fn errors_are_classified(s: Arc<dyn Store>) {
             refresh_token: "rt-unknown".into(),
             client_id: "client".into(),
             client_secret: "secret".into(),
+            client_auth: worker::refresh::ClientAuth::ClientSecretBasic,
         },
         "http://127.0.0.1:1/token",
         row.access_expires_at,

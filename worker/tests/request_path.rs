@@ -79,6 +79,7 @@ async fn setup(s: Arc<dyn Store>, access: &str, updated_ago: i64, life: i64) -> 
         refresh_token: ep.grant(),
         client_id: "cid".into(),
         client_secret: "csecret".into(),
+        client_auth: worker::refresh::ClientAuth::ClientSecretBasic,
     };
     let c =
         worker::refresh::with_refresh(&keys, &c, &m, &url, Some(now - updated_ago + life)).unwrap();

@@ -86,6 +86,16 @@ pub struct AddArgs {
     /// A file holding the OAuth client secret (one line).
     #[arg(long, requires = "refresh_token_stdin")]
     pub client_secret_file: Option<PathBuf>,
+    /// How the client id and secret go to the token endpoint:
+    /// `client_secret_basic` (an `Authorization: Basic` header, the
+    /// default) or `client_secret_post` (in the form body, for providers
+    /// that accept nothing else).
+    #[arg(
+        long,
+        requires = "refresh_token_stdin",
+        value_parser = ["client_secret_basic", "client_secret_post"]
+    )]
+    pub client_auth: Option<String>,
 }
 
 /// Check a `--token-url`: https, or http to a loopback address.
@@ -287,6 +297,10 @@ async fn add(a: &AddArgs) -> ExitCode {
                 refresh_token: secrecy::ExposeSecret::expose_secret(&token).to_owned(),
                 client_id,
                 client_secret: secret.as_str().to_owned(),
+                client_auth: match a.client_auth.as_deref() {
+                    Some("client_secret_post") => worker::refresh::ClientAuth::ClientSecretPost,
+                    _ => worker::refresh::ClientAuth::ClientSecretBasic,
+                },
             };
             match worker::refresh::with_refresh(&keys, &row, &m, &url, Some(now)) {
                 Ok(r) => r,
