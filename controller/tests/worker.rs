@@ -1317,65 +1317,34 @@ fn credential_cli_add_with_refresh_token() {
         &add("calendar", &["--client-auth", "client_secret_post"]),
         "--refresh-token-stdin",
     );
-    fails(
-        &add(
-            "calendar",
-            &[
-                "--refresh-token-stdin",
-                "--token-url",
-                "https://provider.example/token",
-                "--client-id",
-                "cid",
-                "--client-secret-file",
-                &secret_path,
-                "--client-auth",
-                "private_key_jwt",
-            ],
-        ),
-        "client_secret_post",
-    );
-    fails(
-        &add(
-            "calendar",
-            &[
-                "--refresh-token-stdin",
-                "--token-url",
-                "http://provider.example/token",
-                "--client-id",
-                "cid",
-                "--client-secret-file",
-                &secret_path,
-            ],
-        ),
-        "invalid --token-url",
-    );
-    fails(
-        &add(
-            "calendar",
-            &[
-                "--refresh-token-stdin",
-                "--token-url",
-                "https://provider.example/token",
-                "--client-id",
-                "cid",
-                "--client-secret-file",
-                "/nonexistent/secret",
-            ],
-        ),
-        "--client-secret-file",
-    );
-    let out = add(
-        "calendar",
-        &[
+    // `--refresh-token-stdin` with its companions, then `extra`.
+    let refresh = |url: &str, secret: &str, extra: &[&str]| {
+        let mut args = vec![
             "--refresh-token-stdin",
             "--token-url",
-            "https://provider.example/token",
+            url,
             "--client-id",
             "cid",
             "--client-secret-file",
-            &secret_path,
-        ],
+            secret,
+        ];
+        args.extend_from_slice(extra);
+        add("calendar", &args)
+    };
+    const URL: &str = "https://provider.example/token";
+    fails(
+        &refresh(URL, &secret_path, &["--client-auth", "private_key_jwt"]),
+        "client_secret_post",
     );
+    fails(
+        &refresh("http://provider.example/token", &secret_path, &[]),
+        "invalid --token-url",
+    );
+    fails(
+        &refresh(URL, "/nonexistent/secret", &[]),
+        "--client-secret-file",
+    );
+    let out = refresh(URL, &secret_path, &[]);
     assert!(
         out.status.success(),
         "{}",
